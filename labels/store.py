@@ -1,0 +1,659 @@
+"""The label store: one SQLite file in the work folder that every stage reads and writes.
+
+Why SQLite: reviewers, the cleaning run and export touch the same labels, sometimes at the same time, and a reviewer's
+decisions must survive a crash of any of them. WAL mode lets readers go on while one writer commits; every multi-row
+change is one `BEGIN IMMEDIATE` transaction, so two writers queue instead of losing each other's rows.
+
+Three kinds of rows:
+- images: what ingest found (path relative to the dataset root, sha256, size, dimensions, identity and real/fake as found,
+  readability) plus the *current* label (identity, is_fake, removed).
+- decisions: an append-only log (SQLite triggers refuse UPDATE and DELETE). Each decision records, per image it touched,
+  the label before and after. The current label of an image is the `after` of the last decision that touched it, or the
+  label as found when none did; `rebuild()` re-derives it from the log, and the stored columns are only a cache of that.
+  Undo is a new decision that puts back the `before` of the one it reverses.
+- flags: proposals written by later stages (see labels.vocab). A flag is open until a decision answers it; undoing that
+  decision reopens it.
+
+Example:
+    >>> store = LabelStore.open(workdir)
+    >>> did = store.decide("move", reviewer="ana", image_ids=[12], target_identity="000042")
+    >>> store.undo(did, reviewer="ana")
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from labels.vocab import check_action, check_kind
+
+STORE_NAME = "labels.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS images(
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,          -- relative to the dataset root, '/'-separated
+    sha256 TEXT,                        -- NULL only when the file could not be read at all
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    identity_found TEXT NOT NULL,
+    fake_found INTEGER NOT NULL DEFAULT 0,
+    problem TEXT,                       -- NULL when readable, else why not
+    present INTEGER NOT NULL DEFAULT 1, -- 0 once a re-ingest no longer finds the file
+    identity TEXT NOT NULL,             -- current label: derived from the found label and the decision log
+    is_fake INTEGER NOT NULL,
+    removed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS images_identity ON images(identity);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+
+CREATE TABLE IF NOT EXISTS flags(
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,               -- the stage that wrote it ('ingest', 'clean', ...)
+    kind TEXT NOT NULL,
+    image_id INTEGER REFERENCES images(id),   -- NULL for identity-level flags (split, merge)
+    identity TEXT NOT NULL,
+    suggested_identity TEXT,
+    component INTEGER,
+    score REAL,
+    details TEXT NOT NULL DEFAULT '{}', -- JSON, kind-specific (e.g. duplicate_of)
+    status TEXT NOT NULL DEFAULT 'open',-- 'open' | 'resolved', derived from the decision log
+    created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flags_status_kind ON flags(status, kind);
+CREATE INDEX IF NOT EXISTS flags_identity ON flags(identity);
+CREATE INDEX IF NOT EXISTS flags_image ON flags(image_id);
+
+CREATE TABLE IF NOT EXISTS decisions(
+    id INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    action TEXT NOT NULL,
+    identity TEXT,                      -- merge: the identity merged away
+    target_identity TEXT,               -- move / merge: where the photos go
+    undoes INTEGER REFERENCES decisions(id),
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS decision_images(
+    decision_id INTEGER NOT NULL REFERENCES decisions(id),
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    before_identity TEXT NOT NULL, before_fake INTEGER NOT NULL, before_removed INTEGER NOT NULL,
+    after_identity TEXT NOT NULL, after_fake INTEGER NOT NULL, after_removed INTEGER NOT NULL,
+    PRIMARY KEY(decision_id, image_id)
+);
+CREATE INDEX IF NOT EXISTS decision_images_image ON decision_images(image_id, decision_id);
+CREATE TABLE IF NOT EXISTS decision_flags(
+    decision_id INTEGER NOT NULL REFERENCES decisions(id),
+    flag_id INTEGER NOT NULL REFERENCES flags(id),
+    PRIMARY KEY(decision_id, flag_id)
+);
+CREATE INDEX IF NOT EXISTS decision_flags_flag ON decision_flags(flag_id);
+
+CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decision_images_no_update BEFORE UPDATE ON decision_images
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decision_images_no_delete BEFORE DELETE ON decision_images
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decision_flags_no_delete BEFORE DELETE ON decision_flags
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+"""
+
+# Flags whose decision has not been undone count as answered.
+_LIVE_DECISION = "d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)"
+
+
+class StoreError(Exception):
+    """A request the store refuses; the message says why in words a reviewer understands."""
+
+
+class UndoConflict(StoreError):
+    """Undoing would overwrite a later decision on the same photo."""
+
+
+@dataclass(frozen=True)
+class FoundImage:
+    """One file as ingest found it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    identity: str
+    is_fake: bool = False
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class NewFlag:
+    """A proposal from a stage; `image_path` (relative, as ingested) is None for identity-level flags."""
+
+    kind: str
+    identity: str
+    image_path: str | None = None
+    suggested_identity: str | None = None
+    component: int | None = None
+    score: float | None = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: int
+    ts: str
+    reviewer: str
+    action: str
+    identity: str | None
+    target_identity: str | None
+    undoes: int | None
+    note: str
+    image_ids: tuple[int, ...]
+    flag_ids: tuple[int, ...]
+    undone_by: int | None
+
+    def describe(self) -> str:
+        """One line for a history panel."""
+        n = len(self.image_ids)
+        what = {
+            "move": f"moved {n} photo(s) to {self.target_identity}",
+            "merge": f"merged {self.identity} into {self.target_identity} ({n} photos)",
+            "keep": f"kept (rejected {len(self.flag_ids)} flag(s))",
+            "undo": f"undid decision #{self.undoes}",
+        }.get(self.action, f"{self.action.replace('_', ' ')} {n} photo(s)")
+        undone = f" [undone by #{self.undone_by}]" if self.undone_by else ""
+        return f"#{self.id} {self.ts[:19].replace('T', ' ')} {self.reviewer}: {what}{undone}"
+
+
+def check_identity_name(name: str) -> str:
+    """Identities become folder names on export, so they must be one safe path component."""
+    name = (name or "").strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise StoreError(f"{name!r} is not a usable identity name (it must be one folder name, not a path)")
+    return name
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class LabelStore:
+    """A connection to `WORK/labels.sqlite`. Cheap to open; open one per process or per UI session."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._lock:  # executescript commits any open transaction, so the script brings its own
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA}; INSERT OR IGNORE INTO meta VALUES('schema_version', '{SCHEMA_VERSION}');"
+                    " COMMIT;"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable label store ({exc})") from exc
+        version = int(self.get_meta("schema_version", "0"))
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: label store schema {version}, this version reads {SCHEMA_VERSION}")
+
+    @classmethod
+    def open(cls, workdir: str | Path) -> LabelStore:
+        return cls(Path(workdir) / STORE_NAME)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        """One write transaction; it takes the write lock at once so concurrent writers queue, never interleave."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence | dict = ()) -> pd.DataFrame:
+        """Read-only SQL into a DataFrame, for callers that need a view the methods below do not give."""
+        with self._lock:
+            return pd.read_sql_query(sql, self._db, params=params)
+
+    # ---- meta ---------------------------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, **values: str) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO meta VALUES(?, ?)", [(k, str(v)) for k, v in values.items()])
+
+    @property
+    def dataset_root(self) -> Path:
+        root = self.get_meta("dataset_root")
+        if root is None:
+            raise StoreError(f"{self.path}: nothing ingested yet (run `python -m labels.ingest DATA --workdir WORK`)")
+        return Path(root)
+
+    def resolve(self, rel_path: str) -> Path:
+        """Absolute path of an ingested image; refuses anything that would leave the dataset root."""
+        root = self.dataset_root.resolve()
+        full = (root / rel_path).resolve()
+        if not full.is_relative_to(root):
+            raise StoreError(f"{rel_path!r} points outside the dataset {root}")
+        return full
+
+    # ---- images (written by ingest) -----------------------------------------------------------------------------
+    def known_files(self) -> dict[str, tuple[int, int, str | None, str | None]]:
+        """path -> (size, mtime_ns, sha256, problem) of every image ingested so far: what lets re-ingest skip hashing."""
+        rows = self._db.execute("SELECT path, size, mtime_ns, sha256, problem FROM images").fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def add_images(self, found: Iterable[FoundImage]) -> tuple[int, int]:
+        """Insert new files and refresh changed ones in one transaction; returns (added, updated).
+
+        The current label follows the found label only for images no decision has touched, so a re-ingest never undoes
+        a reviewer's work.
+        """
+        added = updated = 0
+        with self.transaction() as db:
+            touched = {r[0] for r in db.execute("SELECT DISTINCT image_id FROM decision_images")}
+            for f in found:
+                row = db.execute("SELECT id FROM images WHERE path=?", (f.path,)).fetchone()
+                values = (f.sha256, f.size, f.mtime_ns, f.width, f.height, f.identity, int(f.is_fake), f.problem)
+                if row is None:
+                    db.execute(
+                        "INSERT INTO images(sha256, size, mtime_ns, width, height, identity_found, fake_found, problem,"
+                        " path, identity, is_fake) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                        (*values, f.path, f.identity, int(f.is_fake)),
+                    )
+                    added += 1
+                    continue
+                db.execute(
+                    "UPDATE images SET sha256=?, size=?, mtime_ns=?, width=?, height=?, identity_found=?, fake_found=?,"
+                    " problem=?, present=1 WHERE id=?",
+                    (*values, row[0]),
+                )
+                if row[0] not in touched:
+                    db.execute("UPDATE images SET identity=?, is_fake=? WHERE id=?", (f.identity, int(f.is_fake), row[0]))
+                updated += 1
+        return added, updated
+
+    def mark_missing(self, paths: Iterable[str]) -> int:
+        """Files a re-ingest no longer finds: kept with their history, left out of export."""
+        with self.transaction() as db:
+            return sum(db.execute("UPDATE images SET present=0 WHERE path=? AND present=1", (p,)).rowcount for p in paths)
+
+    _IMAGE_COLUMNS = (
+        "id, path, sha256, size, width, height, identity_found, fake_found, problem, present, identity, is_fake, removed"
+    )
+
+    def images(
+        self,
+        *,
+        identity: str | None = None,
+        ids: Sequence[int] | None = None,
+        present_only: bool = True,
+        readable_only: bool = False,
+        include_removed: bool = True,
+    ) -> pd.DataFrame:
+        """Images with their found and current labels, ordered by id; the filters combine with AND."""
+        where, params = [], []
+        if identity is not None:
+            where.append("identity=?")
+            params.append(identity)
+        if present_only:
+            where.append("present=1")
+        if readable_only:
+            where.append("problem IS NULL")
+        if not include_removed:
+            where.append("removed=0")
+        sql = f"SELECT {self._IMAGE_COLUMNS} FROM images WHERE " + " AND ".join(where or ["1"])
+        if ids is None:
+            return self.query(sql + " ORDER BY id", params)
+        ids = [int(i) for i in ids]
+        chunks = [ids[k : k + 900] for k in range(0, len(ids), 900)]  # SQLite caps bound parameters
+        parts = [self.query(f"{sql} AND id IN ({','.join('?' * len(c))})", [*params, *c]) for c in chunks]
+        if not parts:
+            return self.query(sql + " AND 0", params)
+        return pd.concat(parts).sort_values("id").reset_index(drop=True)
+
+    def image_ids(self, paths: Sequence[str]) -> dict[str, int]:
+        """path -> id for the given ingested paths (unknown paths are absent from the result)."""
+        out = {}
+        for p in paths:
+            row = self._db.execute("SELECT id FROM images WHERE path=?", (p,)).fetchone()
+            if row:
+                out[p] = row[0]
+        return out
+
+    def identities(self) -> pd.DataFrame:
+        """One row per current identity: photo counts (real, fake, removed) and open flags."""
+        return self.query(
+            "SELECT i.identity, COUNT(*) AS n_images,"
+            " SUM(i.is_fake=0 AND i.removed=0) AS n_real, SUM(i.is_fake=1 AND i.removed=0) AS n_fake,"
+            " SUM(i.removed) AS n_removed,"
+            " (SELECT COUNT(*) FROM flags f WHERE f.identity=i.identity AND f.status='open') AS n_open_flags"
+            " FROM images i WHERE i.present=1 GROUP BY i.identity ORDER BY i.identity"
+        )
+
+    # ---- flags --------------------------------------------------------------------------------------------------
+    def replace_flags(self, source: str, flags: Iterable[NewFlag]) -> int:
+        """Replace the open flags a stage wrote before with a new set, in one transaction; returns how many were added.
+
+        Answered flags stay (they carry the history of decisions); a new flag identical to an answered one
+        (same kind, image, identity and suggestion) is not raised again, so a re-run does not undo a reviewer's 'keep'.
+        """
+        now = _now()
+        added = 0
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM flags WHERE source=? AND status='open' AND id NOT IN (SELECT flag_id FROM decision_flags)",
+                (source,),
+            )
+            answered = {
+                (r[0], r[1], r[2], r[3])
+                for r in db.execute(
+                    "SELECT kind, image_id, identity, suggested_identity FROM flags WHERE source=? AND status='resolved'",
+                    (source,),
+                )
+            }
+            path_ids = dict(db.execute("SELECT path, id FROM images").fetchall())
+            for f in flags:
+                check_kind(f.kind)
+                image_id = None
+                if f.image_path is not None:
+                    image_id = path_ids.get(f.image_path)
+                    if image_id is None:
+                        raise StoreError(f"flag {f.kind} names {f.image_path!r}, which was never ingested")
+                if (f.kind, image_id, f.identity, f.suggested_identity) in answered:
+                    continue
+                db.execute(
+                    "INSERT INTO flags(source, kind, image_id, identity, suggested_identity, component, score,"
+                    " details, created) VALUES(?,?,?,?,?,?,?,?,?)",
+                    (
+                        source,
+                        f.kind,
+                        image_id,
+                        f.identity,
+                        f.suggested_identity,
+                        f.component,
+                        None if f.score is None else float(f.score),
+                        json.dumps(f.details, sort_keys=True),
+                        now,
+                    ),
+                )
+                added += 1
+        return added
+
+    def flags(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | Sequence[str] | None = None,
+        identity: str | None = None,
+        image_ids: Sequence[int] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> pd.DataFrame:
+        """Flags with the image path joined in, newest stage first then by id."""
+        where, params = [], []
+        if status is not None:
+            where.append("f.status=?")
+            params.append(status)
+        if kind is not None:
+            kinds = [kind] if isinstance(kind, str) else list(kind)
+            where.append(f"f.kind IN ({','.join('?' * len(kinds))})")
+            params.extend(check_kind(k) for k in kinds)
+        if identity is not None:
+            where.append("(f.identity=? OR f.suggested_identity=?)")
+            params.extend([identity, identity])
+        if image_ids is not None:
+            ids = [int(i) for i in image_ids]
+            where.append(f"f.image_id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        sql = (
+            "SELECT f.id, f.source, f.kind, f.image_id, i.path AS image, f.identity, f.suggested_identity, f.component,"
+            " f.score, f.details, f.status, f.created FROM flags f LEFT JOIN images i ON i.id=f.image_id"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY f.id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        return self.query(sql, params)
+
+    def flag_counts(self) -> pd.DataFrame:
+        """kind x status counts, for summaries and the overview page."""
+        return self.query("SELECT kind, status, COUNT(*) AS n FROM flags GROUP BY kind, status ORDER BY kind, status")
+
+    # ---- decisions ----------------------------------------------------------------------------------------------
+    def decide(
+        self,
+        action: str,
+        *,
+        reviewer: str,
+        image_ids: Sequence[int] = (),
+        identity: str | None = None,
+        target_identity: str | None = None,
+        flag_ids: Sequence[int] | None = None,
+        note: str = "",
+    ) -> int:
+        """Record one decision and apply it to the current labels, atomically; returns its id.
+
+        action: remove | restore | mark_fake | mark_real | move (needs target_identity) on `image_ids`;
+        merge (identity -> target_identity, every photo currently labelled `identity`); keep (closes `flag_ids`).
+        flag_ids: the flags this decision answers; by default the open flags on the photos it touches
+        (for merge: the open merge proposals between the two identities).
+        """
+        check_action(action)
+        if action == "undo":
+            raise StoreError("use undo(decision_id) to reverse a decision")
+        reviewer = (reviewer or "").strip()
+        if not reviewer:
+            raise StoreError("a decision needs a reviewer name")
+        if action in ("move", "merge"):
+            target_identity = check_identity_name(target_identity or "")
+        with self.transaction() as db:
+            if action == "merge":
+                identity = check_identity_name(identity or "")
+                if identity == target_identity:
+                    raise StoreError(f"cannot merge {identity} into itself")
+                image_ids = [r[0] for r in db.execute("SELECT id FROM images WHERE identity=?", (identity,))]
+                if not image_ids:
+                    raise StoreError(f"identity {identity!r} has no photos to merge")
+            image_ids = sorted({int(i) for i in image_ids})
+            if action not in ("merge", "keep") and not image_ids:
+                raise StoreError(f"{action} needs at least one photo")
+            rows = self._current(db, image_ids)
+            if action == "keep" and not (flag_ids or image_ids):
+                raise StoreError("keep needs the flag(s) it rejects")
+            if flag_ids is None:
+                flag_ids = self._default_flags(db, action, image_ids, identity, target_identity)
+            flag_ids = sorted({int(f) for f in flag_ids})
+            cur = db.execute(
+                "INSERT INTO decisions(ts, reviewer, action, identity, target_identity, note) VALUES(?,?,?,?,?,?)",
+                (_now(), reviewer, action, identity, target_identity, note),
+            )
+            did = cur.lastrowid
+            for image_id, before in rows.items():
+                after = _apply(action, before, target_identity)
+                self._record_image(db, did, image_id, before, after)
+            self._answer_flags(db, did, flag_ids)
+        return did
+
+    def undo(self, decision_id: int, *, reviewer: str, note: str = "") -> int:
+        """Reverse one decision with a new one. Refuses when a later live decision changed the same photo since."""
+        reviewer = (reviewer or "").strip()
+        if not reviewer:
+            raise StoreError("a decision needs a reviewer name")
+        with self.transaction() as db:
+            target = db.execute("SELECT action, undoes FROM decisions WHERE id=?", (decision_id,)).fetchone()
+            if target is None:
+                raise StoreError(f"there is no decision #{decision_id}")
+            if target["action"] == "undo":
+                raise StoreError(f"#{decision_id} is itself an undo; make the decision again instead")
+            done = db.execute("SELECT id FROM decisions WHERE undoes=?", (decision_id,)).fetchone()
+            if done:
+                raise StoreError(f"decision #{decision_id} was already undone by #{done[0]}")
+            changes = db.execute(
+                "SELECT image_id, before_identity, before_fake, before_removed, after_identity, after_fake,"
+                " after_removed FROM decision_images WHERE decision_id=?",
+                (decision_id,),
+            ).fetchall()
+            current = self._current(db, [c[0] for c in changes])
+            for c in changes:
+                if current[c[0]] != (c[4], c[5], c[6]):
+                    later = db.execute(
+                        "SELECT MAX(decision_id) FROM decision_images WHERE image_id=? AND decision_id>?",
+                        (c[0], decision_id),
+                    ).fetchone()[0]
+                    path = db.execute("SELECT path FROM images WHERE id=?", (c[0],)).fetchone()[0]
+                    raise UndoConflict(f"{path} was changed again by decision #{later}; undo that one first")
+            cur = db.execute(
+                "INSERT INTO decisions(ts, reviewer, action, undoes, note) VALUES(?,?,?,?,?)",
+                (_now(), reviewer, "undo", decision_id, note),
+            )
+            did = cur.lastrowid
+            for c in changes:
+                self._record_image(db, did, c[0], (c[4], c[5], c[6]), (c[1], c[2], c[3]))
+            reopened = [r[0] for r in db.execute("SELECT flag_id FROM decision_flags WHERE decision_id=?", (decision_id,))]
+            for flag_id in reopened:
+                still = db.execute(
+                    f"SELECT 1 FROM decision_flags df JOIN decisions d ON d.id=df.decision_id"
+                    f" WHERE df.flag_id=? AND d.id<>? AND {_LIVE_DECISION}",
+                    (flag_id, decision_id),
+                ).fetchone()
+                if not still:
+                    db.execute("UPDATE flags SET status='open' WHERE id=?", (flag_id,))
+        return did
+
+    def history(self, *, limit: int = 50, identity: str | None = None, image_id: int | None = None) -> list[Decision]:
+        """Most recent decisions first; `identity` matches decisions on that identity's photos or naming it."""
+        where, params = [], []
+        if image_id is not None:
+            where.append("d.id IN (SELECT decision_id FROM decision_images WHERE image_id=?)")
+            params.append(image_id)
+        if identity is not None:
+            where.append(
+                "(d.identity=? OR d.target_identity=? OR d.id IN (SELECT decision_id FROM decision_images"
+                " WHERE before_identity=? OR after_identity=?))"
+            )
+            params.extend([identity] * 4)
+        sql = "SELECT d.*, (SELECT u.id FROM decisions u WHERE u.undoes=d.id) AS undone_by FROM decisions d"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY d.id DESC LIMIT {int(limit)}"
+        out = []
+        for r in self._db.execute(sql, params).fetchall():
+            imgs = tuple(x[0] for x in self._db.execute("SELECT image_id FROM decision_images WHERE decision_id=?", (r["id"],)))
+            flg = tuple(x[0] for x in self._db.execute("SELECT flag_id FROM decision_flags WHERE decision_id=?", (r["id"],)))
+            out.append(
+                Decision(
+                    r["id"], r["ts"], r["reviewer"], r["action"], r["identity"], r["target_identity"], r["undoes"],
+                    r["note"], imgs, flg, r["undone_by"],
+                )
+            )
+        return out
+
+    def rebuild(self) -> None:
+        """Re-derive current labels and flag status from the found labels and the decision log (one transaction)."""
+        with self.transaction() as db:
+            db.execute("UPDATE images SET identity=identity_found, is_fake=fake_found, removed=0")
+            db.execute(
+                "UPDATE images SET (identity, is_fake, removed) = (SELECT after_identity, after_fake, after_removed"
+                " FROM decision_images di WHERE di.image_id=images.id ORDER BY di.decision_id DESC LIMIT 1)"
+                " WHERE id IN (SELECT image_id FROM decision_images)"
+            )
+            db.execute("UPDATE flags SET status='open'")
+            db.execute(
+                "UPDATE flags SET status='resolved' WHERE id IN (SELECT df.flag_id FROM decision_flags df"
+                f" JOIN decisions d ON d.id=df.decision_id WHERE {_LIVE_DECISION})"
+            )
+
+    # ---- internals ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _current(db: sqlite3.Connection, image_ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
+        out = {}
+        for i in image_ids:
+            row = db.execute("SELECT identity, is_fake, removed FROM images WHERE id=?", (i,)).fetchone()
+            if row is None:
+                raise StoreError(f"there is no image #{i}")
+            out[i] = (row[0], row[1], row[2])
+        return out
+
+    @staticmethod
+    def _default_flags(db, action, image_ids, identity, target_identity) -> list[int]:
+        if action == "merge":
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM flags WHERE status='open' AND kind='merge' AND"
+                    " ((identity=? AND suggested_identity=?) OR (identity=? AND suggested_identity=?))",
+                    (identity, target_identity, target_identity, identity),
+                )
+            ]
+        ids = list(image_ids)
+        if not ids:
+            return []
+        return [
+            r[0]
+            for r in db.execute(
+                f"SELECT id FROM flags WHERE status='open' AND image_id IN ({','.join('?' * len(ids))})", ids
+            )
+        ]
+
+    @staticmethod
+    def _record_image(db, decision_id, image_id, before, after) -> None:
+        db.execute("INSERT INTO decision_images VALUES(?,?,?,?,?,?,?,?)", (decision_id, image_id, *before, *after))
+        db.execute("UPDATE images SET identity=?, is_fake=?, removed=? WHERE id=?", (*after, image_id))
+
+    @staticmethod
+    def _answer_flags(db, decision_id, flag_ids) -> None:
+        for flag_id in flag_ids:
+            if db.execute("SELECT 1 FROM flags WHERE id=?", (flag_id,)).fetchone() is None:
+                raise StoreError(f"there is no flag #{flag_id}")
+            db.execute("INSERT INTO decision_flags VALUES(?, ?)", (decision_id, flag_id))
+            db.execute("UPDATE flags SET status='resolved' WHERE id=?", (flag_id,))
+
+
+def _apply(action: str, before: tuple[str, int, int], target_identity: str | None) -> tuple[str, int, int]:
+    identity, is_fake, removed = before
+    if action == "remove":
+        return identity, is_fake, 1
+    if action == "restore":
+        return identity, is_fake, 0
+    if action == "mark_fake":
+        return identity, 1, removed
+    if action == "mark_real":
+        return identity, 0, removed
+    if action in ("move", "merge"):
+        return target_identity, is_fake, removed
+    return before  # keep

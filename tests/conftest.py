@@ -1,0 +1,54 @@
+"""Fixtures shared by the whole suite.
+
+Real photos and models come from ../shared (see ../shared/README.md); every test that needs them skips with a clear
+reason when that folder is absent. Nothing in the product reads ../shared.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACECUR_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the calling test when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared test material is not beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lfw_dir() -> Path:
+    """Unaligned 150x150 LFW photos, one folder per person (423 people, 5-40 photos each)."""
+    return shared_path("faces", "lfw")
+
+
+@pytest.fixture(scope="session")
+def glint_dir() -> Path:
+    """Photos already aligned to the ArcFace 112x112 template; folder names contain spaces."""
+    return shared_path("faces", "glint24")
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return shared_path("models")
+
+
+@pytest.fixture(scope="session")
+def spec_dir() -> Path:
+    return shared_path("spec")
+
+
+def copy_identities(src: Path, dst: Path, names: list[str], per_identity: int | None = None) -> Path:
+    """Copy a few identity folders (optionally only their first photos) into a test dataset folder."""
+    for name in names:
+        (dst / name).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((src / name).iterdir())[:per_identity]:
+            shutil.copy2(photo, dst / name / photo.name)
+    return dst
