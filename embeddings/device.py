@@ -1,0 +1,30 @@
+"""Choosing the device at run time, and mixed precision only where it helps (CUDA).
+
+Why here: every command takes `--device auto|cpu|cuda`; one function keeps them all in agreement and keeps CUDA-only
+switches (autocast, channels_last, pinned memory) out of the CPU path that the tests exercise.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available else CPU; 'cuda' without a GPU is a clear error, not a silent CPU run."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU on this machine (use --device cpu)")
+    if not (spec == "cpu" or spec.startswith("cuda")):
+        raise ValueError(f"unknown device {spec!r}: use auto, cpu or cuda[:N]")
+    return torch.device(spec)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA GPUs that support it, fp16 on older ones; a no-op on the CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
