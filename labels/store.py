@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -60,7 +61,7 @@ CREATE INDEX IF NOT EXISTS images_identity ON images(identity);
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 
 CREATE TABLE IF NOT EXISTS flags(
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: an id a reviewer or a manifest cites stays that flag's
     source TEXT NOT NULL,               -- the stage that wrote it ('ingest', 'clean', ...)
     kind TEXT NOT NULL,
     image_id INTEGER REFERENCES images(id),   -- NULL for identity-level flags (split, merge)
@@ -111,6 +112,8 @@ CREATE TRIGGER IF NOT EXISTS decision_images_no_delete BEFORE DELETE ON decision
 BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS decision_flags_no_delete BEFORE DELETE ON decision_flags
 BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decision_flags_no_update BEFORE UPDATE ON decision_flags
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 """
 
 # Flags whose decision has not been undone count as answered.
@@ -138,6 +141,20 @@ class FoundImage:
     width: int | None = None
     height: int | None = None
     problem: str | None = None
+
+
+class KnownFile(NamedTuple):
+    """An ingested file as the store holds it (see `LabelStore.known_files`)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    problem: str | None
+    width: int | None
+    height: int | None
+    identity_found: str
+    fake_found: bool
+    present: bool
 
 
 @dataclass(frozen=True)
@@ -199,6 +216,7 @@ class LabelStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._resolved_root: tuple[Path | None, Path | None] = (None, None)
         try:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
@@ -241,6 +259,20 @@ class LabelStore:
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def snapshot(self):
+        """Reads inside see one state of the store while other processes go on writing (WAL); for multi-query views
+        such as export, which must not pair labels from before a decision with its history from after it."""
+        with self._lock:
+            if self._db.in_transaction:  # nested: the outer snapshot already holds one state
+                yield self
+                return
+            self._db.execute("BEGIN")
+            try:
+                yield self
+            finally:
+                self._db.execute("COMMIT")
+
     def query(self, sql: str, params: Sequence | dict = ()) -> pd.DataFrame:
         """Read-only SQL into a DataFrame, for callers that need a view the methods below do not give."""
         with self._lock:
@@ -264,17 +296,23 @@ class LabelStore:
 
     def resolve(self, rel_path: str) -> Path:
         """Absolute path of an ingested image; refuses anything that would leave the dataset root."""
-        root = self.dataset_root.resolve()
+        recorded = self.dataset_root
+        if self._resolved_root[0] != recorded:  # resolving the root once, not per photo, matters at 100k photos
+            self._resolved_root = (recorded, recorded.resolve())
+        root = self._resolved_root[1]
         full = (root / rel_path).resolve()
         if not full.is_relative_to(root):
             raise StoreError(f"{rel_path!r} points outside the dataset {root}")
         return full
 
     # ---- images (written by ingest) -----------------------------------------------------------------------------
-    def known_files(self) -> dict[str, tuple[int, int, str | None, str | None]]:
-        """path -> (size, mtime_ns, sha256, problem) of every image ingested so far: what lets re-ingest skip hashing."""
-        rows = self._db.execute("SELECT path, size, mtime_ns, sha256, problem FROM images").fetchall()
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+    def known_files(self) -> dict[str, KnownFile]:
+        """path -> what ingest recorded for every image so far (present or not): what lets re-ingest skip hashing."""
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns, sha256, problem, width, height, identity_found, fake_found, present"
+            " FROM images"
+        ).fetchall()
+        return {r[0]: KnownFile(r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9])) for r in rows}
 
     def add_images(self, found: Iterable[FoundImage]) -> tuple[int, int]:
         """Insert new files and refresh changed ones in one transaction; returns (added, updated).
@@ -368,8 +406,9 @@ class LabelStore:
     def replace_flags(self, source: str, flags: Iterable[NewFlag]) -> int:
         """Replace the open flags a stage wrote before with a new set, in one transaction; returns how many were added.
 
-        Answered flags stay (they carry the history of decisions); a new flag identical to an answered one
-        (same kind, image, identity and suggestion) is not raised again, so a re-run does not undo a reviewer's 'keep'.
+        Flags a decision ever answered stay (they carry the history of decisions); a new flag identical to one of them
+        (same kind, image, identity and suggestion) is not raised again, so a re-run does not undo a reviewer's 'keep',
+        nor doubles a flag whose answer was undone (that one is open again already).
         """
         now = _now()
         added = 0
@@ -381,8 +420,7 @@ class LabelStore:
             answered = {
                 (r[0], r[1], r[2], r[3])
                 for r in db.execute(
-                    "SELECT kind, image_id, identity, suggested_identity FROM flags WHERE source=? AND status='resolved'",
-                    (source,),
+                    "SELECT kind, image_id, identity, suggested_identity FROM flags WHERE source=?", (source,)
                 )
             }
             path_ids = dict(db.execute("SELECT path, id FROM images").fetchall())
@@ -465,6 +503,7 @@ class LabelStore:
         target_identity: str | None = None,
         flag_ids: Sequence[int] | None = None,
         note: str = "",
+        strict: bool = False,
     ) -> int:
         """Record one decision and apply it to the current labels, atomically; returns its id.
 
@@ -472,6 +511,9 @@ class LabelStore:
         merge (identity -> target_identity, every photo currently labelled `identity`); keep (closes `flag_ids`).
         flag_ids: the flags this decision answers; by default the open flags on the photos it touches
         (for merge: the open merge proposals between the two identities).
+        strict: refuse (StoreError) a decision that answers a flag already answered or changes none of its photos:
+        what a second reviewer's, or a double-clicked, copy of a decision made meanwhile looks like. The check runs
+        inside the write transaction, so of two such copies exactly one is recorded.
         """
         check_action(action)
         if action == "undo":
@@ -498,6 +540,8 @@ class LabelStore:
             if flag_ids is None:
                 flag_ids = self._default_flags(db, action, image_ids, identity, target_identity)
             flag_ids = sorted({int(f) for f in flag_ids})
+            if strict:
+                self._check_fresh(db, action, rows, flag_ids, target_identity)
             cur = db.execute(
                 "INSERT INTO decisions(ts, reviewer, action, identity, target_identity, note) VALUES(?,?,?,?,?,?)",
                 (_now(), reviewer, action, identity, target_identity, note),
@@ -583,6 +627,22 @@ class LabelStore:
             )
         return out
 
+    def decisions_by_image(self) -> dict[int, tuple[int, ...]]:
+        """image id -> the live decisions (not undone, not undos) that changed its label, oldest first.
+
+        What export's manifest cites as "which decisions did it"; images no live decision changed are absent.
+        """
+        rows = self._db.execute(
+            "SELECT di.image_id, di.decision_id FROM decision_images di JOIN decisions d ON d.id=di.decision_id"
+            f" WHERE d.action<>'undo' AND {_LIVE_DECISION} AND (di.before_identity<>di.after_identity"
+            " OR di.before_fake<>di.after_fake OR di.before_removed<>di.after_removed)"
+            " ORDER BY di.image_id, di.decision_id"
+        ).fetchall()
+        out: dict[int, tuple[int, ...]] = {}
+        for image_id, decision_id in rows:
+            out[image_id] = (*out.get(image_id, ()), decision_id)
+        return out
+
     def rebuild(self) -> None:
         """Re-derive current labels and flag status from the found labels and the decision log (one transaction)."""
         with self.transaction() as db:
@@ -608,6 +668,21 @@ class LabelStore:
                 raise StoreError(f"there is no image #{i}")
             out[i] = (row[0], row[1], row[2])
         return out
+
+    @staticmethod
+    def _check_fresh(db, action, rows, flag_ids, target_identity) -> None:
+        for flag_id in flag_ids:
+            answered = db.execute(
+                f"SELECT d.id, d.reviewer FROM decision_flags df JOIN decisions d ON d.id=df.decision_id"
+                f" WHERE df.flag_id=? AND {_LIVE_DECISION} ORDER BY d.id DESC LIMIT 1",
+                (flag_id,),
+            ).fetchone()
+            if answered:
+                raise StoreError(f"flag #{flag_id} was already answered by decision #{answered[0]} ({answered[1]})")
+        if action == "keep" and not flag_ids:
+            raise StoreError("nothing to keep: no open flag on the photo(s)")
+        if action != "keep" and rows and all(_apply(action, b, target_identity) == b for b in rows.values()):
+            raise StoreError(f"nothing to change: the photo(s) are already as '{action.replace('_', ' ')}' would leave them")
 
     @staticmethod
     def _default_flags(db, action, image_ids, identity, target_identity) -> list[int]:
