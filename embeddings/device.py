@@ -22,9 +22,18 @@ def pick_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA GPUs that support it, fp16 on older ones; a no-op on the CPU."""
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The mixed-precision dtype for `precision` (auto|fp32|fp16|bf16): None (full precision) on the CPU or for fp32;
+    'auto' is bf16 on GPUs that support it, else fp16 (which needs a GradScaler when training)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, enabled: bool = True, dtype: torch.dtype | None = None):
+    """Autocast to `dtype` (default: bf16 on CUDA GPUs that support it, fp16 on older ones); a no-op on the CPU."""
     if device.type != "cuda" or not enabled:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=dtype or amp_dtype(device))

@@ -1,0 +1,480 @@
+"""The embedding pass: photos -> aligned crops -> embeddings, batched, cached and resumable.
+
+Why it is built this way: on a large dataset the pass runs for hours, so it must (1) keep the model busy: DataLoader
+worker processes decode (`labels.imagefile.read_rgb`, the same verdict on readability as ingest) and align while the
+main process runs the model on whole batches (`torch.inference_mode`; on CUDA pinned memory, non-blocking copies,
+mixed precision and channels_last, see `embeddings.embedders`); (2) never redo work: crops, alignment outcomes and
+embeddings are cached by content key (`embeddings.cache`), so a second run, a run with another embedder on the same
+alignment, and a run resumed after SIGKILL only compute what is missing; (3) never lose a batch to one bad photo: an
+unreadable file or a photo without a face gets a status, the rest of its batch is embedded.
+
+Statuses: "ok", "unreadable: <reason>", "no_face: <reason>", "bad_size: <reason>" (--aligned mode). Methods: "detected",
+"center_crop" (only with center_crop_fallback), "pre-aligned", or "" when there is no crop.
+
+Example:
+    >>> embedder = make_embedder("dlib")
+    >>> result = embed_images(paths, embedder, cache_dir=Path("WORK/cache"))
+    >>> result.embeddings.shape, result.summary()     # ((N, 128), '4870 ok, 8 no_face')
+    >>> crop_path(Path("WORK/cache"), result.align_id, result.keys[0])   # the crop the app shows as a thumbnail
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from embeddings.align import CROP_SIZE, AlignResult, align, center_crop
+from embeddings.align import align_id as make_align_id
+from embeddings.cache import (
+    METHOD_CODES,
+    ShardStore,
+    alignment_store,
+    check_key,
+    content_key,
+    crop_path,
+    embedding_store,
+    encode_problem,
+    read_crop,
+    write_crop,
+)
+from embeddings.detectors import Detector, DlibDetector, make_detector
+from embeddings.embedders import Embedder
+from labels.imagefile import ImageError, read_rgb
+
+__all__ = [
+    "CropDataset",
+    "EmbedResult",
+    "align_images",
+    "content_key",
+    "crop_path",
+    "embed_images",
+    "embedding_cache_id",
+    "get_detector",
+]
+
+# What a worker is asked to do for one photo.
+_FROM_CACHE = 0  # read the cached crop (re-align if it is missing or damaged)
+_ALIGN = 1  # decode and align
+_FALLBACK = 2  # known to have no face: decode and take the centre crop (center_crop_fallback)
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Detectors by (spec, pid of the process that built them). The main process builds one before the workers start (a bad
+# model file is then one clear error, not a failure per photo); forked workers reuse the fork-safe ones (dlib: plain
+# memory, no threads; saves 2 s of loading per worker) and build the others (onnxruntime sessions, whose thread pools do
+# not survive a fork) themselves, leaving the parent's copy untouched: even destroying it in the child can hang.
+_DETECTORS: dict[tuple[str, int], Detector] = {}
+# Should not happen (every crop of a run is embedded before the caches close); said plainly if it ever does.
+_NO_EMBEDDING = "error: no embedding was stored for this crop (re-run to retry)"
+
+
+@dataclass
+class EmbedResult:
+    """Output of `embed_images`, one row per input path, in input order.
+
+    keys: content keys (sha256 of the file bytes unless given; "" when the file could not be read to hash it).
+    embeddings: float32 [N, D] L2-normalised; NaN rows where status != "ok". norms: float32 [N], pre-normalisation
+    norm (AdaFace's quality signal), NaN where status != "ok". status / method: see the module docstring.
+    align_id: names the crop cache folder (`crop_path(cache_dir, align_id, key)`); cache_id: the embedding cache folder.
+    aligned_now / embedded_now: photos aligned / crops embedded by this run (the rest came from the caches).
+    """
+
+    keys: list[str]
+    embeddings: np.ndarray
+    norms: np.ndarray
+    status: list[str]
+    method: list[str]
+    align_id: str = ""
+    cache_id: str = ""
+    aligned_now: int = 0
+    embedded_now: int = 0
+
+    def counts(self) -> Counter:
+        """Photos per status kind ("ok", "no_face", "unreadable", "bad_size", ...)."""
+        return Counter(s.split(":", 1)[0] for s in self.status)
+
+    def summary(self) -> str:
+        """One line for a person: '4870 ok, 8 no_face, 1 unreadable (123 aligned, 4879 embedded in this run)'."""
+        counts = ", ".join(f"{n} {kind}" for kind, n in self.counts().most_common())
+        return f"{counts or 'no photos'} ({self.aligned_now} aligned, {self.embedded_now} embedded in this run)"
+
+
+def embedding_cache_id(embedder_id: str, align_id: str) -> str:
+    """Embedding cache folder name: the same weights on other crops are other vectors."""
+    return f"{embedder_id}@{align_id}"
+
+
+# ------------------------------------------------------------------------------------------------------------- workers
+
+
+class _AlignDataset(Dataset):
+    """Tasks for DataLoader workers: decode + align (or read the cached crop) one photo, write its crop.
+
+    Paths and keys are numpy string arrays, not lists of str: forked workers then share them without copying every
+    page (reference counts on millions of small Python objects would touch them all).
+    """
+
+    def __init__(self, paths, keys, modes, *, detector, aligned, fallback, cache_dir, align_id):
+        self.paths = np.array([str(p) for p in paths], dtype=str)
+        self.keys = np.array(keys, dtype=str)
+        self.modes = np.asarray(modes, np.uint8)
+        self.detector, self.aligned, self.fallback = detector, aligned, fallback
+        self.cache_dir, self.align_id = Path(cache_dir), align_id
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, AlignResult | None, str | None]:
+        """(task index, crop or None, new alignment outcome or None, error status or None)."""
+        key, mode = str(self.keys[i]), int(self.modes[i])
+        target = crop_path(self.cache_dir, self.align_id, key)
+        if mode == _FROM_CACHE:
+            crop = read_crop(target)
+            if crop is not None and crop.shape == (CROP_SIZE, CROP_SIZE, 3):
+                return i, crop, None, None
+            mode = _ALIGN  # missing or damaged: make it again
+        try:
+            rgb = read_rgb(self.paths[i])
+        except ImageError as exc:
+            return i, None, None, f"unreadable: {exc.reason}"
+        detector = None if self.aligned or mode == _FALLBACK else get_detector(self.detector)
+        try:
+            if mode == _FALLBACK:
+                result = AlignResult(center_crop(rgb), method="center_crop")
+            else:
+                result = align(rgb, detector, aligned=self.aligned, center_crop_fallback=self.fallback)
+            if result.crop is not None:
+                write_crop(target, result.crop)
+        except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch
+            return i, None, None, f"no_face: alignment failed ({type(exc).__name__}: {exc})"
+        return i, result.crop, result, None
+
+
+def get_detector(spec: str) -> Detector:
+    """This process's detector for `spec`, built once (the pass builds it before starting workers; a caller that wants
+    the loading time out of a measurement, or a clear error before a long run, may call it first)."""
+    key = (spec, os.getpid())
+    if key not in _DETECTORS:
+        inherited = [d for (s, _), d in _DETECTORS.items() if s == spec and _fork_safe(d)]
+        in_worker = torch.utils.data.get_worker_info() is not None
+        _DETECTORS[key] = inherited[0] if inherited else make_detector(spec, threads=1 if in_worker else 0)
+    return _DETECTORS[key]
+
+
+def _fork_safe(detector: Detector) -> bool:
+    return isinstance(detector, DlibDetector)
+
+
+def _worker_init(_: int) -> None:
+    """Workers run one thread each (the cores belong to the model in the main process) and die with their parent.
+
+    Without the parent-death signal, a worker of a pass killed with SIGKILL can block forever writing its next batch to
+    a pipe nobody reads, holding memory and the terminal's output pipes.
+    """
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
+    if sys.platform.startswith("linux"):
+        parent = os.getppid()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _collate(items: list) -> tuple[torch.Tensor, list]:
+    """Stack the crops of a batch into one uint8 tensor (pinnable); photos without a crop only carry their outcome."""
+    crops = [crop for _, crop, _, _ in items if crop is not None]
+    empty = torch.zeros((0, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8)
+    stacked = torch.from_numpy(np.stack(crops)) if crops else empty
+    return stacked, [(i, crop is not None, result, error) for i, crop, result, error in items]
+
+
+# -------------------------------------------------------------------------------------------------------------- driver
+
+
+def _record(dtype: np.dtype, key: str, result: AlignResult) -> np.void:
+    """The alignment outcome as stored in the cache."""
+    rec = np.zeros(1, dtype)
+    rec["key"] = key.encode("ascii")
+    rec["method"] = METHOD_CODES.index(result.method)
+    if result.landmarks is not None:
+        rec["points"] = result.landmarks
+    if result.box is not None:
+        rec["box"] = result.box
+    rec["problem"] = encode_problem(result.problem)
+    return rec[0]
+
+
+def _status(record: np.void, fallback: bool) -> tuple[str, str]:
+    """(status, method) of a stored alignment outcome under the current center_crop_fallback setting."""
+    method = METHOD_CODES[int(record["method"])]
+    if method in ("detected", "pre-aligned") or (method == "center_crop" and fallback):
+        return "ok", method
+    return record["problem"].decode("utf-8", "replace") or "no_face: no face found", ""
+
+
+def _keys_for(paths: Sequence[Path], keys: Sequence[str] | None, progress: bool) -> tuple[list[str], list[str | None]]:
+    """Content keys (given, or hashed in threads: hashlib releases the GIL) and an error status where hashing failed."""
+    if keys is not None:
+        if len(keys) != len(paths):
+            raise ValueError(f"got {len(keys)} keys for {len(paths)} paths")
+        return [check_key(k) for k in keys], [None] * len(paths)
+
+    def one(path: Path) -> tuple[str, str | None]:
+        try:
+            return content_key(path), None
+        except OSError as exc:
+            return "", f"unreadable: cannot read file ({exc.strerror or exc})"
+
+    with ThreadPoolExecutor(4) as pool:
+        out = list(tqdm(pool.map(one, paths), total=len(paths), desc="hashing", unit="file", disable=not progress))
+    return [k for k, _ in out], [e for _, e in out]
+
+
+@dataclass
+class _Pass:
+    """What `_run` found out, per input path and per distinct content key ("unique")."""
+
+    keys: list[str]  # per input
+    rows: list[int | None]  # per input: its unique index, None when the file could not be hashed
+    errors: list[str | None]  # per input: the hashing error
+    ukeys: list[str]
+    status: list[str]  # per unique
+    method: list[str]  # per unique
+    align_id: str
+    store: ShardStore | None = None  # the embedding cache, closed and re-indexed (embed_images reads from it)
+    aligned_now: int = 0
+    embedded_now: int = 0
+
+    def per_input(self, values: Sequence, default):
+        """Spread a per-unique list over the inputs (duplicates share a value; unhashable files get `default`)."""
+        return [default if u is None else values[u] for u in self.rows]
+
+
+def _plan(records: np.ndarray, found: np.ndarray, done: np.ndarray, fallback: bool) -> np.ndarray:
+    """Worker mode per unique key (255 = nothing to do). `done`: the result this run wants already exists."""
+    modes = np.full(len(found), 255, np.uint8)
+    for u in range(len(found)):
+        if not found[u]:
+            modes[u] = _ALIGN
+        elif _status(records[u], fallback)[0] == "ok":
+            if not done[u]:
+                modes[u] = _FROM_CACHE
+        elif fallback and records[u]["problem"].startswith(b"no_face") and records[u]["method"] == 0:
+            modes[u] = _FALLBACK
+    return modes
+
+
+def _run(
+    paths: Sequence[Path],
+    embedder: Embedder | None,
+    *,
+    cache_dir: Path,
+    keys: Sequence[str] | None,
+    detector: str,
+    aligned: bool,
+    center_crop_fallback: bool,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    checkpoint_seconds: float,
+) -> _Pass:
+    """Shared by embed_images and align_images: the same tasks, workers, caches and statuses.
+
+    With an embedder, every crop that has no embedding yet is embedded; without, only missing crops are made.
+    """
+    paths = [Path(p) for p in paths]
+    cache_dir = Path(cache_dir)
+    fallback = center_crop_fallback and not aligned
+    aid = make_align_id(detector, aligned)
+    all_keys, errors = _keys_for(paths, keys, progress)
+    first: dict[str, int] = {}
+    for i, k in enumerate(all_keys):
+        if errors[i] is None:
+            first.setdefault(k, i)
+    ukeys = list(first)
+    upaths = [paths[i] for i in first.values()]
+    index = {k: u for u, k in enumerate(ukeys)}
+    rows = [index[k] if errors[i] is None else None for i, k in enumerate(all_keys)]
+
+    astore = alignment_store(cache_dir, aid, flush_seconds=checkpoint_seconds)
+    estore = None
+    if embedder is not None:
+        estore = embedding_store(cache_dir, embedding_cache_id(embedder.id, aid), embedder.dim,
+                                 flush_seconds=checkpoint_seconds)
+    found, records = astore.lookup(ukeys)
+    if estore is not None:
+        done = estore.contains(ukeys)
+    else:
+        done = np.array([crop_path(cache_dir, aid, k).exists() for k in ukeys], bool)
+    modes = _plan(records, found, done, fallback)
+    todo = np.flatnonzero(modes != 255)
+    if not aligned and np.isin(modes, (_ALIGN, _FROM_CACHE)).any():
+        get_detector(detector)  # fail now on a bad model file; forked workers inherit it when that is safe
+
+    dataset = _AlignDataset([upaths[u] for u in todo], [ukeys[u] for u in todo], modes[todo], detector=detector,
+                            aligned=aligned, fallback=fallback, cache_dir=cache_dir, align_id=aid)
+    cuda = embedder is not None and embedder.device.type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=cuda,
+                        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None)
+    errors_now: dict[int, str] = {}
+    out = _Pass(all_keys, rows, errors, ukeys, [], [], aid, estore)
+    tally: Counter = Counter()
+    what = "aligning + embedding" if estore is not None else "aligning"
+    try:
+        bar = tqdm(total=len(todo), desc=what, unit="img", disable=not progress or not len(todo), smoothing=0.05)
+        with bar:
+            for crops, metas in loader if len(todo) else ():
+                new, emb_keys = [], []
+                for t, has_crop, result, error in metas:
+                    u = todo[t]
+                    if error is not None:
+                        errors_now[u] = error
+                        tally[error.split(":", 1)[0]] += 1
+                        continue
+                    if result is not None:
+                        if modes[u] == _FALLBACK:  # keep the reason no face was found
+                            result.problem = records[u]["problem"].decode("utf-8", "replace")
+                        records[u] = _record(astore.dtype, ukeys[u], result)
+                        new.append(u)
+                    if has_crop:
+                        emb_keys.append(ukeys[u])
+                    tally[_status(records[u], fallback)[0].split(":", 1)[0]] += 1
+                if new:
+                    astore.add(records[new])
+                    out.aligned_now += len(new)
+                if estore is not None and emb_keys:
+                    unit, norm = embedder.embed(crops)
+                    rec = np.zeros(len(emb_keys), estore.dtype)
+                    rec["key"] = [k.encode("ascii") for k in emb_keys]
+                    rec["emb"], rec["norm"] = unit, norm
+                    estore.add(rec)
+                    out.embedded_now += len(emb_keys)
+                bar.update(len(metas))
+                bar.set_postfix(dict(tally), refresh=False)
+    finally:  # also on Ctrl-C or an embedder error: what was computed is kept for the next run
+        astore.close()
+        if estore is not None:
+            estore.close()
+    for u in range(len(ukeys)):
+        status, method = (errors_now[u], "") if u in errors_now else _status(records[u], fallback)
+        out.status.append(status)
+        out.method.append(method)
+    return out
+
+
+def embed_images(
+    paths: Sequence[Path],
+    embedder: Embedder,
+    *,
+    cache_dir: Path,
+    keys: Sequence[str] | None = None,
+    detector: str = "dlib",
+    aligned: bool = False,
+    center_crop_fallback: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+    checkpoint_seconds: float = 30.0,
+) -> EmbedResult:
+    """Align and embed photos, reusing and extending the caches under `cache_dir`.
+
+    Inputs: photo paths; an embedder from `embeddings.embedders.make_embedder`; `cache_dir` (WORK/cache); optional
+    content keys (e.g. the sha256 the label store recorded at ingest; hashed here otherwise); detector spec ("dlib" |
+    "scrfd:<file.onnx>"); aligned=True for photos that already are 112x112 template crops (only the size is checked);
+    center_crop_fallback to embed the centre of photos without a detected face (method "center_crop"); batch size and
+    DataLoader worker processes (0 = decode in the main process); checkpoint_seconds: results are written to disk at
+    least this often, so a killed run loses at most about this much work.
+    Output: `EmbedResult` (one row per path, in order). Photos already embedded under the same embedder and alignment
+    are not decoded again; a photo that fails gets a status and a NaN row, never an exception.
+
+    Example:
+        >>> r = embed_images(paths, make_embedder("onnx:mobilefacenet.onnx"), cache_dir=Path("WORK/cache"))
+        >>> ok = np.array(r.status) == "ok"
+        >>> sims = r.embeddings[ok] @ r.embeddings[ok].T
+    """
+    run = _run(paths, embedder, cache_dir=cache_dir, keys=keys, detector=detector, aligned=aligned,
+               center_crop_fallback=center_crop_fallback, batch_size=batch_size, workers=workers, progress=progress,
+               checkpoint_seconds=checkpoint_seconds)
+    cache_id = embedding_cache_id(embedder.id, run.align_id)
+    ok = [u for u, s in enumerate(run.status) if s == "ok"]
+    found, stored = run.store.lookup([run.ukeys[u] for u in ok])
+    uemb = np.full((len(run.ukeys), embedder.dim), np.nan, np.float32)
+    unorm = np.full(len(run.ukeys), np.nan, np.float32)
+    vectors = stored["emb"].astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # float16 rounding moved the norm
+    have = np.asarray(ok, np.int64)[found]
+    uemb[have], unorm[have] = vectors[found], stored["norm"][found]
+    for u in np.asarray(ok, np.int64)[~found]:
+        run.status[u], run.method[u] = _NO_EMBEDDING, ""
+    rows = np.array([-1 if u is None else u for u in run.rows], np.int64)
+    valid = rows >= 0
+    emb = np.full((len(rows), embedder.dim), np.nan, np.float32)
+    norms = np.full(len(rows), np.nan, np.float32)
+    emb[valid], norms[valid] = uemb[rows[valid]], unorm[rows[valid]]
+    status = [e if e is not None else s for e, s in zip(run.errors, run.per_input(run.status, None))]
+    return EmbedResult(run.keys, emb, norms, status, run.per_input(run.method, ""), run.align_id, cache_id,
+                       run.aligned_now, run.embedded_now)
+
+
+def align_images(
+    paths: Sequence[Path],
+    *,
+    cache_dir: Path,
+    keys: Sequence[str] | None = None,
+    detector: str = "dlib",
+    aligned: bool = False,
+    center_crop_fallback: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+    checkpoint_seconds: float = 30.0,
+) -> list[tuple[Path | None, str]]:
+    """Make (or find) the aligned crops of photos, exactly as the embedding pass does: same detector, caches, statuses.
+
+    For training and for the app: inputs as `embed_images` (no embedder). Output: per path, in order,
+    (crop path, "ok") or (None, "<kind>: <reason>"). Read the crops with `CropDataset`.
+
+    Example:
+        >>> crops = align_images(paths, cache_dir=Path("WORK/cache"))
+        >>> dataset = CropDataset([p for p, status in crops if status == "ok"])
+    """
+    run = _run(paths, None, cache_dir=cache_dir, keys=keys, detector=detector, aligned=aligned,
+               center_crop_fallback=center_crop_fallback, batch_size=batch_size, workers=workers, progress=progress,
+               checkpoint_seconds=checkpoint_seconds)
+    out = []
+    for key, error, status in zip(run.keys, run.errors, run.per_input(run.status, None)):
+        status = error or status
+        out.append((crop_path(cache_dir, run.align_id, key) if status == "ok" else None, status))
+    return out
+
+
+class CropDataset(Dataset):
+    """A torch Dataset over cached crops (from `align_images`): item i is a uint8 RGB tensor [112, 112, 3].
+
+    Convert a batch with `embeddings.preprocess.to_input(batch, convention)`; augment (e.g. flip) before that.
+    A crop that went missing since `align_images` raises FileNotFoundError naming it (re-run align_images).
+    """
+
+    def __init__(self, crop_paths: Sequence[Path]):
+        self.paths = np.array([str(p) for p in crop_paths], dtype=str)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        crop = read_crop(Path(self.paths[i]))
+        if crop is None:
+            raise FileNotFoundError(f"{self.paths[i]}: cached crop missing or damaged; run align_images again")
+        return torch.from_numpy(crop)

@@ -1,0 +1,255 @@
+"""The embedding pass end to end: caches, resume after SIGKILL, bad photos in a batch, fallbacks, pre-aligned mode.
+
+Uses the real MobileFaceNet ONNX model (fast) and dlib detection on real LFW photos; results are compared with the
+same photos pushed one by one through `align` + `Embedder.embed`, a path that shares no code with the pass's batching,
+workers and caches.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from embeddings.align import align, align_id
+from embeddings.cache import ShardStore, alignment_dtype, crop_path, embedding_dtype
+from embeddings.detectors import DetectorError, make_detector
+from embeddings.embedders import make_embedder
+from embeddings.pipeline import CropDataset, align_images, content_key, embed_images, embedding_cache_id
+from labels.imagefile import read_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(models_dir):
+    return make_embedder(f"onnx:{models_dir / 'mobilefacenet.onnx'}", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lfw_photos(lfw_dir):
+    return [sorted(person.glob("*.jpg"))[0] for person in sorted(lfw_dir.iterdir())[:24]]
+
+
+@pytest.fixture()
+def odd_files(tmp_path):
+    """An unreadable file, a blank image, a noise image and a path that does not exist."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "text.jpg").write_bytes(b"this is not a JPEG")
+    cv2.imwrite(str(folder / "blank.png"), np.zeros((150, 150, 3), np.uint8))
+    cv2.imwrite(str(folder / "noise.png"), np.random.default_rng(1).integers(0, 256, (150, 150, 3), dtype=np.uint8))
+    return [folder / "text.jpg", folder / "blank.png", folder / "noise.png", folder / "gone.jpg"]
+
+
+def _one_by_one(paths, embedder, detector):
+    """Reference embeddings: align + embed each photo alone, no pass, no cache."""
+    out = []
+    for path in paths:
+        crop = align(read_rgb(path), detector).crop
+        out.append(embedder.embed(crop[None])[0][0])
+    return np.stack(out)
+
+
+def test_bad_photos_never_lose_the_batch(lfw_photos, odd_files, onnx_embedder, tmp_path):
+    good = lfw_photos[:6]
+    paths = [good[0], odd_files[0], good[1], odd_files[1], good[2], odd_files[2], odd_files[3], *good[3:]]
+    result = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "cache", batch_size=32, workers=0, progress=False)
+    assert result.status[1] == "unreadable: not an image"
+    assert result.status[3].startswith("no_face: no face found")
+    assert result.status[5].startswith("no_face: no face found")
+    assert result.status[6] == "unreadable: cannot read file (No such file or directory)" and result.keys[6] == ""
+    ok = [0, 2, 4, 7, 8, 9]
+    assert [result.status[i] for i in ok] == ["ok"] * 6 and [result.method[i] for i in ok] == ["detected"] * 6
+    assert np.isnan(result.embeddings[[1, 3, 5, 6]]).all() and np.isnan(result.norms[[1, 3, 5, 6]]).all()
+    reference = _one_by_one(good, onnx_embedder, make_detector("dlib"))
+    # Stored as float16: cosines agree to ~1e-3.
+    np.testing.assert_allclose(result.embeddings[ok], reference, atol=2e-3)
+    assert result.counts() == {"ok": 6, "no_face": 2, "unreadable": 2}
+    assert result.keys[0] == content_key(good[0])
+
+
+def test_second_run_reuses_the_caches(lfw_photos, onnx_embedder, models_dir, tmp_path):
+    cache = tmp_path / "cache"
+    paths = lfw_photos[:8]
+    first = embed_images(paths, onnx_embedder, cache_dir=cache, workers=1, progress=False)
+    assert (first.aligned_now, first.embedded_now) == (8, 8)
+    again = embed_images(paths, onnx_embedder, cache_dir=cache, workers=1, progress=False)
+    assert (again.aligned_now, again.embedded_now) == (0, 0)
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    np.testing.assert_array_equal(again.norms, first.norms)
+    # Another embedder on the same alignment reuses the crops, computes its own vectors.
+    flipped = make_embedder(f"onnx:{models_dir / 'mobilefacenet.onnx'}", flip=True)
+    other = embed_images(paths, flipped, cache_dir=cache, workers=0, progress=False)
+    assert (other.aligned_now, other.embedded_now) == (0, 8)
+    assert other.cache_id == embedding_cache_id(flipped.id, first.align_id) != first.cache_id
+    # Crops are where the app looks for them, and are the crops `align` makes.
+    crop = read_rgb(crop_path(cache, first.align_id, first.keys[0]))
+    np.testing.assert_array_equal(crop, align(read_rgb(paths[0]), make_detector("dlib")).crop)
+    # Another detector is another alignment: new crops, but the same person. (A worker builds its own onnxruntime
+    # session beside the main process's: sessions do not survive a fork.)
+    scrfd = embed_images(paths[:4], onnx_embedder, cache_dir=cache, workers=1, progress=False,
+                         detector=f"scrfd:{models_dir / 'scrfd_2.5g_bnkps.onnx'}")
+    assert scrfd.align_id != first.align_id and scrfd.aligned_now == 4
+    cosines = (scrfd.embeddings * first.embeddings[:4]).sum(1)
+    assert (cosines > 0.8).all(), cosines
+
+
+def test_duplicates_and_given_keys(lfw_photos, onnx_embedder, tmp_path):
+    copy = tmp_path / "renamed.jpg"
+    shutil.copy(lfw_photos[0], copy)
+    result = embed_images([lfw_photos[0], copy, lfw_photos[1]], onnx_embedder, cache_dir=tmp_path / "c", workers=0,
+                          progress=False)
+    assert result.keys[0] == result.keys[1] and result.embedded_now == 2
+    np.testing.assert_array_equal(result.embeddings[0], result.embeddings[1])
+    given = embed_images(lfw_photos[:2], onnx_embedder, cache_dir=tmp_path / "c2", keys=["a1", "b2"], workers=0,
+                         progress=False)
+    assert given.keys == ["a1", "b2"] and given.status == ["ok", "ok"]
+    with pytest.raises(ValueError, match="bad cache key '../x'"):
+        embed_images(lfw_photos[:1], onnx_embedder, cache_dir=tmp_path / "c3", keys=["../x"], progress=False)
+
+
+def test_a_broken_detector_file_is_one_clear_error(lfw_photos, onnx_embedder, tmp_path):
+    broken = tmp_path / "scrfd.onnx"
+    broken.write_bytes(b"\x08\x07 truncated protobuf")
+    with pytest.raises(DetectorError, match="scrfd.onnx: not a readable ONNX model"):
+        embed_images(lfw_photos[:2], onnx_embedder, cache_dir=tmp_path / "c", detector=f"scrfd:{broken}", workers=1,
+                     progress=False)
+
+
+def test_centre_crop_fallback_reuses_the_no_face_verdict(lfw_photos, odd_files, onnx_embedder, tmp_path):
+    paths = [lfw_photos[0], odd_files[1]]
+    cache = tmp_path / "cache"
+    plain = embed_images(paths, onnx_embedder, cache_dir=cache, workers=0, progress=False)
+    assert plain.status[1].startswith("no_face")
+    fallback = embed_images(paths, onnx_embedder, cache_dir=cache, workers=0, progress=False,
+                            center_crop_fallback=True)
+    assert fallback.status == ["ok", "ok"] and fallback.method == ["detected", "center_crop"]
+    assert (fallback.aligned_now, fallback.embedded_now) == (1, 1)  # the blank is not detected again
+    assert np.isfinite(fallback.embeddings).all()
+    again = embed_images(paths, onnx_embedder, cache_dir=cache, workers=0, progress=False)
+    assert again.status == plain.status and np.isnan(again.embeddings[1]).all() and again.aligned_now == 0
+
+
+def test_pre_aligned_mode_checks_sizes_and_embeds_the_files_as_they_are(glint_dir, lfw_photos, onnx_embedder,
+                                                                         tmp_path):
+    crops = sorted(next(glint_dir.iterdir()).glob("*.png"))[:5]
+    result = embed_images([*crops, lfw_photos[0]], onnx_embedder, cache_dir=tmp_path, aligned=True, workers=0,
+                          progress=False)
+    assert result.status[:5] == ["ok"] * 5 and result.method[:5] == ["pre-aligned"] * 5
+    assert result.status[5].startswith("bad_size: 150x150 pixels")
+    direct = onnx_embedder.embed(np.stack([read_rgb(p) for p in crops]))[0]
+    np.testing.assert_allclose(result.embeddings[:5], direct, atol=2e-3)
+
+
+def test_align_images_and_crop_dataset_serve_training(lfw_photos, odd_files, tmp_path):
+    out = align_images([*lfw_photos[:3], odd_files[0]], cache_dir=tmp_path, workers=1, progress=False)
+    assert [status for _, status in out] == ["ok", "ok", "ok", "unreadable: not an image"] and out[3][0] is None
+    dataset = CropDataset([path for path, _ in out[:3]])
+    detector = make_detector("dlib")
+    for i in range(3):
+        np.testing.assert_array_equal(dataset[i].numpy(), align(read_rgb(lfw_photos[i]), detector).crop)
+    out[0][0].unlink()  # a crop deleted behind our back is made again
+    assert align_images(lfw_photos[:1], cache_dir=tmp_path, workers=0, progress=False)[0][0].exists()
+
+
+_PASS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from embeddings.embedders import make_embedder
+    from embeddings.pipeline import embed_images
+    paths = [Path(line) for line in Path(sys.argv[1]).read_text().splitlines()]
+    embedder = make_embedder(sys.argv[2], device="cpu")
+    embed_images(paths, embedder, cache_dir=Path(sys.argv[3]), batch_size=4, workers=1, progress=False,
+                 checkpoint_seconds=0)
+    print("finished")
+    """
+)
+
+
+def test_resume_after_sigkill_recomputes_only_what_is_missing(lfw_dir, models_dir, onnx_embedder, tmp_path):
+    paths = [p for person in sorted(lfw_dir.iterdir())[:20] for p in sorted(person.glob("*.jpg"))[:3]]
+    listing = tmp_path / "paths.txt"
+    listing.write_text("\n".join(map(str, paths)))
+    cache = tmp_path / "cache"
+    script = tmp_path / "run_pass.py"
+    script.write_text(_PASS_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    spec = f"onnx:{models_dir / 'mobilefacenet.onnx'}"
+    proc = subprocess.Popen([sys.executable, str(script), str(listing), spec, str(cache)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shards = cache / "embeddings"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(shards.glob("*/shard-*.npy"))) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    try:  # the DataLoader worker holds the pipes too: it must die with the pass, or this waits forever
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a DataLoader worker outlived the killed pass")
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+
+    aid = align_id("dlib")
+    folder = cache / "embeddings" / embedding_cache_id(onnx_embedder.id, aid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every shard the killed run left must read cleanly
+        stored = len(ShardStore(folder, embedding_dtype(onnx_embedder.dim)))
+        aligned = len(ShardStore(cache / "crops" / aid / "outcomes", alignment_dtype()))
+    assert 0 < stored < len(paths), "the pass was not killed mid-way"
+
+    resumed = embed_images(paths, onnx_embedder, cache_dir=cache, batch_size=8, workers=1, progress=False)
+    n_ok = resumed.status.count("ok")
+    assert n_ok >= 0.95 * len(paths)
+    assert resumed.embedded_now == n_ok - stored
+    assert resumed.aligned_now == len(paths) - aligned
+    clean = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "clean", batch_size=16, workers=0,
+                         progress=False)
+    assert resumed.status == clean.status and resumed.method == clean.method and resumed.keys == clean.keys
+    np.testing.assert_allclose(resumed.embeddings, clean.embeddings, atol=1e-6)
+    np.testing.assert_allclose(resumed.norms, clean.norms, rtol=1e-6)
+
+
+def _records(keys, dim=4):
+    rec = np.zeros(len(keys), embedding_dtype(dim))
+    rec["key"] = [k.encode() for k in keys]
+    rec["emb"] = np.arange(len(keys))[:, None]
+    return rec
+
+
+def test_shard_store_merges_small_shards_and_survives_damage(tmp_path):
+    folder = tmp_path / "store"
+    store = ShardStore(folder, embedding_dtype(4), flush_rows=1000, flush_seconds=0, merge_at=5)
+    for i in range(7):  # flush_seconds=0: every add is a shard
+        store.add(_records([f"k{i}a", f"k{i}b"]))
+    assert len(list(folder.glob("shard-*.npy"))) == 7
+    store.add(_records(["k0a"]))  # a duplicate key is harmless
+    store.close()  # merges the small shards into one
+    assert len(list(folder.glob("shard-*.npy"))) == 1
+    reopened = ShardStore(folder, embedding_dtype(4))
+    assert len(reopened) == 14
+    found, rec = reopened.lookup(["k3b", "nope", "k6a"])
+    assert found.tolist() == [True, False, True] and rec["emb"][:, 0].tolist() == [1, 0, 0]
+
+    # A killed writer's temp file is ignored; a damaged shard is skipped with a warning, its keys count as missing.
+    (folder / ".shard-123.npy.tmp").write_bytes(b"\x93NUMPY half a shard")
+    writer = ShardStore(folder, embedding_dtype(4), flush_seconds=0)
+    writer.add(_records(["x1", "x2"]))
+    damaged = max(folder.glob("shard-*.npy"), key=lambda p: p.stat().st_mtime_ns)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable cache shard ignored"):
+        after = ShardStore(folder, embedding_dtype(4))
+    assert after.contains(["x1", "k0a"]).tolist() == [False, True]
+    with pytest.raises(Exception, match="another layout"):
+        ShardStore(folder, embedding_dtype(8))
