@@ -1,0 +1,522 @@
+"""`python -m curation.clean`: ingest -> align -> embed -> flag, with everything a reviewer and the app need written out.
+
+Three ways in:
+- a dataset folder (identity folders, optional meta.json marking deepfakes, or the challenge layout): cleaned as is;
+- `--embeddings EMB.npy --index INDEX.csv`: precomputed embeddings. Row i of INDEX.csv (`image,identity[,is_fake]`)
+  describes row i of EMB.npy. The label store gets one image per index row *without reading any file* (size 0, no
+  hash; the dataset root recorded is INDEX.csv's folder, so the app shows the photos if they exist there);
+- nothing (the demo), or `--plant-noise` with a clean dataset: plant known label noise in a copy (curation.noise), clean
+  the copy and print how well the flags matched the planted errors. The demo's photos are LFW (downloaded once, checksum
+  verified; curation.demo) or `--from DIR`, any folder of identity folders.
+
+Outputs in WORK: labels.sqlite (flags of source 'clean', replaced as a set each run; reviewers' answers are kept),
+flags.csv, report.json, clean/nodes.parquet + clean/embeddings.npy (see ARCHITECTURE.md). Embeddings are cached under
+WORK/cache by content hash, so a killed or repeated run re-embeds nothing it finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curation import noise
+from curation.calibrate import DEFAULT_TARGET_FMR
+from curation.demo import DownloadError, fetch_lfw
+from curation.flagging import FlagConfig, FlagError, flag_embeddings
+from labels.ingest import IngestError
+from labels.layouts import LayoutError
+from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
+
+SOURCE = "clean"
+FLAG_COLUMNS = ["image", "identity", "flag", "component", "suggested_identity", "score"]
+REVIEW_COMMAND = "streamlit run app.py -- --workdir {work}"
+
+EPILOG = """examples:
+  python -m curation.clean photos --workdir work                  # dlib embedder, CPU or GPU as available
+  python -m curation.clean photos --workdir work --model ir:ir_101:adaface_ir101_webface12m.ckpt --device cuda
+  python -m curation.clean photos --workdir work --threshold 0.2  # set the edge threshold yourself
+  python -m curation.clean --embeddings emb.npy --index index.csv --workdir work
+  python -m curation.clean                                        # demo: LFW with planted noise, then the score
+  python -m curation.clean --from ../shared/faces/lfw             # demo on local identity folders (no download)
+  python -m curation.clean my_clean_set --plant-noise --workdir w # measure the tool on your own clean data
+"""
+
+
+class CleanError(Exception):
+    """Bad input the run cannot go on with; the message names the file and the reason (exit code 2)."""
+
+
+@dataclass
+class CleanOutcome:
+    workdir: Path
+    report: dict
+    flags: pd.DataFrame  # flags.csv as written
+    messages: list[str] = field(default_factory=list)
+
+
+# ---- the index mode --------------------------------------------------------------------------------------------------
+def _truthy(value: str) -> bool | None:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "fake"):
+        return True
+    if v in ("", "0", "false", "no", "real"):
+        return False
+    return None
+
+
+def load_index(emb_path: str | Path, index_path: str | Path) -> tuple[np.ndarray, pd.DataFrame, list[str]]:
+    """Read EMB.npy (memory-mapped) and INDEX.csv and check they describe each other row for row.
+
+    Returns (embeddings, index with columns image, identity, is_fake, ok, messages). Rows with a problem (empty or
+    unsafe path, unusable identity, repeated path, unreadable is_fake) get ok=False and a message; a row count that
+    differs from EMB.npy's is a CleanError, since no row could then be trusted to describe its embedding.
+    """
+    emb_path, index_path = Path(emb_path), Path(index_path)
+    try:
+        emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CleanError(f"{emb_path}: not a readable .npy array ({exc})") from exc
+    if emb.ndim != 2 or emb.dtype.kind != "f":
+        raise CleanError(f"{emb_path}: expected a 2-d float array (N x D), found shape {emb.shape} dtype {emb.dtype}")
+    if emb.dtype not in (np.float16, np.float32):
+        emb = np.asarray(emb, dtype=np.float32)
+    try:
+        idx = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise CleanError(f"{index_path}: not a readable CSV ({exc})") from exc
+    missing = [c for c in ("image", "identity") if c not in idx.columns]
+    if missing:
+        raise CleanError(
+            f"{index_path}: missing column(s) {', '.join(missing)} (expected a header image,identity[,is_fake])"
+        )
+    if len(idx) != emb.shape[0]:
+        raise CleanError(
+            f"{index_path} has {len(idx):,} rows but {emb_path} has {emb.shape[0]:,}: row i of the index must describe "
+            "row i of the embeddings, so nothing can be matched"
+        )
+    messages = []
+    fake = idx["is_fake"].map(_truthy) if "is_fake" in idx.columns else pd.Series(False, index=idx.index)
+    problems: dict[str, list[int]] = {}
+
+    def bad(reason: str, i: int) -> None:
+        problems.setdefault(reason, []).append(i)
+
+    ok = np.ones(len(idx), bool)
+    images = idx["image"].str.strip().str.replace("\\", "/", regex=False)
+    for i, (img, ident, f) in enumerate(zip(images, idx["identity"], fake)):
+        parts = img.split("/")
+        if not img or img.startswith("/") or ".." in parts or ":" in parts[0]:
+            bad("empty or unsafe image path (absolute, or with ..)", i)
+        elif f is None:
+            bad("is_fake is not 0/1/true/false", i)
+        else:
+            try:
+                check_identity_name(ident)
+                continue
+            except StoreError:
+                bad("identity is empty or not a usable folder name", i)
+        ok[i] = False
+    dup = images.duplicated() & pd.Series(ok)
+    for i in np.flatnonzero(dup.to_numpy()):
+        bad("the same image path again (the first row is used)", int(i))
+        ok[i] = False
+    for reason, rows in problems.items():
+        shown = ", ".join(str(r + 2) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        messages.append(f"{index_path}: {len(rows)} row(s) skipped, {reason} (CSV lines {shown})")
+    out = pd.DataFrame(
+        {"image": images, "identity": idx["identity"].str.strip(), "is_fake": fake.fillna(False).astype(bool), "ok": ok}
+    )
+    return emb, out, messages
+
+
+def fill_store_from_index(store: LabelStore, index: pd.DataFrame, root: Path) -> None:
+    """One image per usable index row, no file read (size 0, no hash); labels of reviewed images are left alone."""
+    recorded = store.get_meta("dataset_root")
+    if recorded is None:
+        store.set_meta(dataset_root=str(root.resolve()), layout="index")
+    rows = index[index.ok]
+    store.add_images(
+        FoundImage(path=p, size=0, mtime_ns=0, identity=i, is_fake=bool(f))
+        for p, i, f in zip(rows.image, rows.identity, rows.is_fake)
+    )
+
+
+# ---- shared: flag what the store holds, write every output --------------------------------------------------------
+def _flag_and_write(
+    store: LabelStore,
+    work: Path,
+    images: pd.DataFrame,
+    emb: np.ndarray,
+    status: list[str],
+    *,
+    config: FlagConfig,
+    device: str,
+    progress: bool,
+    report_extra: dict,
+    timings: dict,
+    messages: list[str],
+) -> CleanOutcome:
+    """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]."""
+    status_arr = np.asarray(status, dtype=object)
+    valid = status_arr == "ok"
+    try:
+        res = flag_embeddings(
+            emb, images.identity.to_numpy(), images.is_fake.to_numpy().astype(bool), valid,
+            config=config, device=device, progress=progress,
+        )
+    except FlagError as exc:
+        raise CleanError(str(exc)) from exc
+    timings.update({f"flag_{k}": round(v, 3) for k, v in res.timings.items()})
+    messages.extend(res.messages)
+
+    t0 = time.perf_counter()
+    paths = images.path.to_numpy(dtype=object)
+    new_flags: list[NewFlag] = []
+    csv_rows = []
+    for f in res.flags.itertuples(index=False):
+        image = paths[f.row] if f.row >= 0 else None
+        details = dict(f.details)
+        if "duplicate_of_row" in details:
+            details["duplicate_of"] = paths[details.pop("duplicate_of_row")]
+        comp = None if pd.isna(f.component) else int(f.component)
+        sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
+        new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
+        csv_rows.append((image or "", f.identity, f.flag, comp, sugg or "", f.score))
+    for i in np.flatnonzero(~valid):
+        s = str(status_arr[i])
+        if s.startswith("unreadable_at_ingest"):
+            continue  # ingest flagged it already (source 'ingest')
+        kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
+        if kind:
+            new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
+            csv_rows.append((paths[i], images.identity.iat[i], kind, None, "", None))
+    store.replace_flags(SOURCE, new_flags)
+    flags_df = pd.DataFrame(csv_rows, columns=FLAG_COLUMNS)
+    flags_df["component"] = flags_df["component"].astype("Int64")
+    flags_df.to_csv(work / "flags.csv", index=False)
+
+    (work / "clean").mkdir(parents=True, exist_ok=True)
+    emb_row = np.full(len(images), -1, np.int64)
+    emb_row[valid] = np.arange(int(valid.sum()))
+    np.save(work / "clean" / "embeddings.npy.tmp.npy", np.asarray(emb[valid], dtype=np.float16))
+    (work / "clean" / "embeddings.npy.tmp.npy").replace(work / "clean" / "embeddings.npy")
+    nodes = res.nodes
+    nodes_out = pd.DataFrame(
+        {
+            "image_id": images.id.to_numpy(np.int64),
+            "path": paths,
+            "sha256": images.sha256.to_numpy(dtype=object),
+            "identity": images.identity.to_numpy(dtype=object),
+            "is_fake": images.is_fake.to_numpy().astype(bool),
+            "status": status_arr,
+            "component": nodes.component.to_numpy(np.int32),
+            "degree": nodes.degree.to_numpy(np.int32),
+            "sim_to_main": nodes.sim_to_main.to_numpy(np.float32),
+            "best_to_main": nodes.best_to_main.to_numpy(np.float32),
+            "suggested_identity": nodes.suggested_identity.to_numpy(dtype=object),
+            "flags": nodes["flags"].to_numpy(dtype=object),
+            "emb_row": emb_row,
+        }
+    )
+    nodes_out.to_parquet(work / "clean" / "nodes.parquet.tmp", index=False)
+    (work / "clean" / "nodes.parquet.tmp").replace(work / "clean" / "nodes.parquet")
+    timings["write"] = round(time.perf_counter() - t0, 3)
+
+    counts = Counter(flags_df.flag)
+    ident = res.identities
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **report_extra,
+        "n_images": int(len(images)),
+        "n_embedded": int(valid.sum()),
+        "n_identities": int(len(ident)),
+        "n_single_photo_identities": int((ident.n_real == 1).sum()),
+        "counts": {k: int(counts.get(k, 0)) for k in sorted(counts)},
+        "thresholds": res.thresholds,
+        "noise_rate": res.noise,
+        "graphs": {
+            "identities_proven_connected": int((ident.via == "proof").sum()),
+            "identities_via_networkx": int((ident.via == "networkx").sum()),
+        },
+        "similarity_histogram": res.histogram,
+        "timings": timings,
+        "messages": messages,
+    }
+    (work / "report.json.tmp").write_text(json.dumps(report, indent=1, default=_json_default))
+    (work / "report.json.tmp").replace(work / "report.json")
+    return CleanOutcome(work, report, flags_df, messages)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def clean_embeddings(
+    emb_path: str | Path, index_path: str | Path, workdir: str | Path, *, config: FlagConfig | None = None,
+    device: str = "auto", progress: bool = True,
+) -> CleanOutcome:
+    """Flag precomputed embeddings (see the module docstring for how the store is filled)."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    emb, index, messages = load_index(emb_path, index_path)
+    with LabelStore.open(work) as store:
+        fill_store_from_index(store, index, Path(index_path).parent)
+        images = store.images(present_only=True, include_removed=False)
+        row_of = dict(zip(index.image[index.ok], np.flatnonzero(index.ok.to_numpy())))
+        src = images.path.map(row_of)
+        unknown = src.isna()
+        if unknown.any():
+            messages.append(f"{int(unknown.sum())} image(s) in the store are not in {index_path}: left out of this clean")
+            images = images[~unknown].reset_index(drop=True)
+            src = src[~unknown]
+        rows = src.to_numpy(np.int64)
+        sub = np.asarray(emb[rows])
+        finite = np.ones(len(sub), bool)
+        for s in range(0, len(sub), 262_144):
+            finite[s : s + 262_144] = np.isfinite(sub[s : s + 262_144]).all(1)
+        if not finite.all():
+            messages.append(f"{int((~finite).sum())} embedding row(s) hold NaN or inf: left out of the graphs")
+        status = np.where(finite, "ok", "invalid: the embedding holds NaN or inf").tolist()
+        timings["load"] = round(time.perf_counter() - t0, 3)
+        return _flag_and_write(
+            store, work, images, sub, status, config=config or FlagConfig(), device=device,
+            progress=progress, report_extra={"mode": "embeddings", "embeddings": str(emb_path), "index": str(index_path)},
+            timings=timings, messages=messages,
+        )
+
+
+def clean_dataset(
+    data: str | Path,
+    workdir: str | Path,
+    *,
+    model: str = "dlib",
+    aligned: bool = False,
+    device: str = "auto",
+    detector: str = "dlib",
+    batch_size: int = 64,
+    workers: int = 2,
+    config: FlagConfig | None = None,
+    progress: bool = True,
+) -> CleanOutcome:
+    """Ingest DATA into WORK, align and embed every readable photo (cached), flag, and write the outputs."""
+    from embeddings.embedders import make_embedder
+    from embeddings.pipeline import embed_images
+    from labels.ingest import ingest
+
+    work = Path(workdir)
+    timings: dict[str, float] = {}
+    messages: list[str] = []
+    t0 = time.perf_counter()
+    summary = ingest(data, work, progress=progress)
+    print(summary.report())
+    timings["ingest"] = round(time.perf_counter() - t0, 3)
+    embedder = make_embedder(model, device)
+    with LabelStore.open(work) as store:
+        images = store.images(present_only=True, include_removed=False)
+        if images.empty:
+            raise CleanError(f"{data}: no photos to clean (empty folders, or every photo removed by a reviewer)")
+        root = store.dataset_root
+        readable = images.problem.isna().to_numpy()
+        t0 = time.perf_counter()
+        result = embed_images(
+            [root / p for p in images.path[readable]], embedder, cache_dir=work / "cache",
+            keys=list(images.sha256[readable]), detector=detector, aligned=aligned, batch_size=batch_size,
+            workers=workers, progress=progress,
+        )
+        timings["align_embed"] = round(time.perf_counter() - t0, 3)
+        print(f"embedding ({embedder.id}): {result.summary()}")
+        emb = np.full((len(images), result.embeddings.shape[1]), np.nan, np.float32)
+        emb[readable] = result.embeddings
+        status = np.array([f"unreadable_at_ingest: {p}" for p in images.problem.fillna("")], dtype=object)
+        status[readable] = result.status
+        n_noface = sum(s.startswith(("no_face", "bad_size")) for s in result.status)
+        if n_noface:
+            messages.append(f"{n_noface} photo(s) without a usable face: flagged no_face, left out of the graphs")
+        return _flag_and_write(
+            store, work, images, emb, list(status), config=config or FlagConfig(), device=device, progress=progress,
+            report_extra={
+                "mode": "images", "dataset": str(root), "model": model, "embedder_id": embedder.id,
+                "align_id": result.align_id, "embedding_status": dict(result.counts()),
+            },
+            timings=timings, messages=messages,
+        )
+
+
+# ---- terminal ----------------------------------------------------------------------------------------------------------
+def format_summary(outcome: CleanOutcome) -> str:
+    r = outcome.report
+    edge = r["thresholds"]["edge"]
+    lines = [
+        f"cleaned {r['n_images']:,} photos ({r['n_embedded']:,} embedded) in {r['n_identities']:,} identities",
+        f"edge threshold: {edge['description']}",
+        f"duplicate threshold: {r['thresholds']['duplicate']['value']:.4f}; merge: cross-edge share >= "
+        f"{r['thresholds']['merge']['value']:.2f} and cross cosines >= {r['thresholds']['merge']['ratio']:.2f} of the way"
+        " from impostors to the identities' own",
+        "flags: " + (", ".join(f"{n:,} {k}" for k, n in sorted(r["counts"].items(), key=lambda kv: -kv[1])) or "none"),
+    ]
+    noise_rate = r["noise_rate"]
+    if noise_rate.get("overall") is not None:
+        worst = [(k, v) for k, v in sorted(noise_rate["per_identity"].items(), key=lambda kv: -kv[1])[:5] if v > 0]
+        most = f" (most: {', '.join(f'{k} {100 * v:.0f}%' for k, v in worst)})" if worst else ""
+        lines.append(f"estimated label noise: {100 * noise_rate['overall']:.1f}% of real photos{most}")
+    lines += [f"note: {m}" for m in outcome.messages]
+    t = r["timings"]
+    lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    w = outcome.workdir
+    lines.append(f"wrote {w / 'flags.csv'}, {w / 'report.json'}, {w / 'clean'}/ and the flags into {w / 'labels.sqlite'}")
+    return "\n".join(lines)
+
+
+def offer_review(work: Path) -> None:
+    """Print the app command; ask to start it only when a person is at the terminal (default no)."""
+    cmd = REVIEW_COMMAND.format(work=work)
+    print(f"review the flags: {cmd}")
+    if not sys.stdin.isatty():
+        return
+    try:
+        answer = input("start the review app now? [y/N] ").strip().lower()
+    except EOFError:
+        return
+    if answer in ("y", "yes"):
+        app = Path(__file__).resolve().parents[1] / "app.py"
+        subprocess.run([sys.executable, "-m", "streamlit", "run", str(app), "--", "--workdir", str(work)], check=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m curation.clean",
+        description="Flag mislabelled photos, duplicates, merged/split identities and mismatched deepfakes in a "
+        "face dataset. Nothing is removed: flags are proposals for the review app or export.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    p.add_argument("data", nargs="?", help="dataset folder (identity folders [+ meta.json], or images/ + meta.json); "
+                   "omit for the demo")
+    p.add_argument("--workdir", default="work", help="work folder: label store, caches, outputs (default: ./work)")
+    p.add_argument("--model", default="dlib", help="dlib | ir:<arch>:<checkpoint> | onnx:<file> (default: dlib)")
+    p.add_argument("--aligned", action="store_true", help="photos already are 112x112 ArcFace-template crops")
+    p.add_argument("--detector", default="dlib", help="face detector: dlib | scrfd:<file.onnx> (default: dlib)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding and aligning photos")
+    g = p.add_argument_group("flagging")
+    g.add_argument("--threshold", type=float, help="edge threshold (cosine); default: calibrated from the data")
+    g.add_argument("--target-fmr", type=float, default=DEFAULT_TARGET_FMR,
+                   help=f"false-match rate the calibrated edge threshold allows (default {DEFAULT_TARGET_FMR:g})")
+    g.add_argument("--split-ratio", type=float, default=FlagConfig.split_ratio,
+                   help="2nd component / largest at which an identity is flagged split")
+    g.add_argument("--merge-ratio", type=float, default=FlagConfig.merge_ratio,
+                   help="how close two identities' cross cosines come to their own, from the impostor mean (0) to"
+                   " their own level (1), for a merge flag")
+    e = p.add_argument_group("precomputed embeddings")
+    e.add_argument("--embeddings", help="EMB.npy, N x D float32/float16 (with --index)")
+    e.add_argument("--index", help="INDEX.csv: image,identity[,is_fake], row i describes row i of EMB.npy")
+    d = p.add_argument_group("demo and planted noise")
+    d.add_argument("--from", dest="from_dir", help="demo photos from this folder of identity folders instead of LFW")
+    d.add_argument("--plant-noise", action="store_true", help="DATA is clean: plant noise in a copy, clean it, score it")
+    d.add_argument("--demo-identities", type=int, default=100, help="identities (10+ photos) used by the demo (100)")
+    d.add_argument("--noisy-dir", help="where the noisy copy goes (default: WORKDIR-data, beside the work folder)")
+    d.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _config(args) -> FlagConfig:
+    if not 0 < args.target_fmr < 1:
+        raise CleanError(f"--target-fmr must be between 0 and 1, got {args.target_fmr}")
+    return FlagConfig(threshold=args.threshold, target_fmr=args.target_fmr, split_ratio=args.split_ratio,
+                      merge_ratio=args.merge_ratio, seed=args.seed)
+
+
+def _run_planted(args, work: Path, progress: bool) -> int:
+    if args.plant_noise:
+        source = Path(args.data)
+    elif args.from_dir:
+        source = Path(args.from_dir)
+    else:
+        try:
+            source = fetch_lfw(progress=progress)
+        except DownloadError as exc:
+            print(f"offline? {exc}. Point the demo at local photos: python -m curation.clean --from DIR "
+                  "(a folder of identity folders), or clean your own dataset: python -m curation.clean DATA",
+                  file=sys.stderr)
+            return 2
+    if not source.is_dir():
+        raise CleanError(f"{source}: not a folder of identity folders")
+    noisy = Path(args.noisy_dir) if args.noisy_dir else Path(str(work.resolve()) + "-data")
+    truth_path = noisy / noise.TRUTH_NAME
+    if truth_path.is_file():
+        print(f"using the noisy copy made earlier: {noisy}")
+    else:
+        print(f"planting noise: {source} -> {noisy}")
+        try:
+            noise.plant(source, noisy, min_photos=10, max_photos=40, max_identities=args.demo_identities, seed=args.seed)
+        except ValueError as exc:
+            raise CleanError(str(exc)) from exc
+    truth = json.loads(truth_path.read_text())
+    outcome = clean_dataset(noisy, work, model=args.model, aligned=args.aligned, device=args.device,
+                            detector=args.detector, batch_size=args.batch_size, workers=args.workers,
+                            config=_config(args), progress=progress)
+    print(format_summary(outcome))
+    scores = noise.score(outcome.flags, truth)
+    outcome.report["planted_noise"] = scores
+    (work / "report.json").write_text(json.dumps(outcome.report, indent=1, default=_json_default))
+    print("\nhow the flags matched the planted noise:")
+    print(noise.format_score(scores))
+    offer_review(work)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    work = Path(args.workdir)
+    progress = not args.no_progress
+    try:
+        if args.embeddings or args.index:
+            if not (args.embeddings and args.index):
+                raise CleanError("--embeddings and --index go together (row i of INDEX.csv describes row i of EMB.npy)")
+            if args.data:
+                raise CleanError("give either a dataset folder or --embeddings/--index, not both")
+            outcome = clean_embeddings(args.embeddings, args.index, work, config=_config(args), device=args.device,
+                                       progress=progress)
+            print(format_summary(outcome))
+            offer_review(work)
+            return 0
+        if args.data is None or args.plant_noise:
+            return _run_planted(args, work, progress)
+        if not Path(args.data).is_dir():
+            raise CleanError(f"{args.data}: not a folder")
+        outcome = clean_dataset(args.data, work, model=args.model, aligned=args.aligned, device=args.device,
+                                detector=args.detector, batch_size=args.batch_size, workers=args.workers,
+                                config=_config(args), progress=progress)
+        print(format_summary(outcome))
+        offer_review(work)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume (finished embeddings are cached)", file=sys.stderr)
+        return 130
+    except (CleanError, StoreError, IngestError, LayoutError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""Flagging on plain arrays: embeddings + identity per row in, proposals in the label store's vocabulary out.
+
+This is the whole cleaning method, independent of files, stores and embedders (curation.clean feeds it; the scale
+benchmark feeds it synthetic arrays):
+1. calibrate the edge threshold from cross-identity pairs (curation.calibrate), unless the user set one;
+2. per identity, a similarity graph of its real photos (curation.graph): isolated -> `outlier`, outside the largest
+   component -> `minority`, two big components -> `split`; a deepfake whose best similarity to the main component is
+   below the threshold -> `fake_mismatch`;
+3. across identities, faiss over identity centroids (curation.search): the most likely true identity of every
+   outlier/minority photo (`suggested_identity`), identity pairs whose photos match like one person's -> `merge`, and
+   near-identical photos under two identities -> `duplicate`.
+
+Why duplicates are searched this way: a photo copied into a wrong identity is (a) an outlier or minority there, or
+(b) in an identity that is the same person as its twin's (a merge candidate). So the copies are found by comparing every
+flagged photo (and every single-photo identity) with the main photos of its nearest identities, and the two sides of
+every merge candidate with each other: exact cosines on a few rows each, instead of a million-row photo index.
+
+`score` per flag kind (higher is not always "more sure"; the unit is a cosine unless said):
+outlier / minority: mean cosine to the identity's main component (low = clearly someone else);
+fake_mismatch: best cosine to a main-component photo; split: size of the 2nd component / size of the largest;
+merge: share of cross pairs joined by an edge; duplicate: cosine of the two photos.
+
+Example:
+    >>> res = flag_embeddings(emb, identities, is_fake)
+    >>> res.flags.head()        # row, identity, flag, component, suggested_identity, score, details
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from curation.calibrate import (
+    DEFAULT_TARGET_FMR,
+    calibrate_threshold,
+    duplicate_threshold,
+    hist_quantile,
+    identity_sums,
+)
+from curation.graph import HIST_EDGES, padded_rows, segments, build_graphs, gather
+from curation.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
+from embeddings.device import pick_device
+
+
+class FlagError(ValueError):
+    """The arrays cannot be flagged at all (e.g. a single identity and no --threshold); the message says why."""
+
+
+@dataclass
+class FlagConfig:
+    """Knobs of the method; the defaults are what benchmarks/planted_noise.py measured (see the report)."""
+
+    threshold: float | None = None  # edge threshold; None = calibrated at target_fmr
+    target_fmr: float = DEFAULT_TARGET_FMR
+    split_ratio: float = 0.25  # 2nd component >= this share of the largest ...
+    split_min_size: int = 3  # ... and at least this many photos -> split
+    merge_min_density: float | None = None  # None = half the median edge density inside identities
+    merge_ratio: float = 0.8  # (cross mean - impostor mean) / (own mean - impostor mean), see the merge step
+    duplicate_threshold: float | None = None  # None = calibrated from the genuine median (curation.calibrate)
+    suggest_k: int = 2  # nearest identities other than its own a flagged photo is searched for a duplicate in
+    merge_k: int = 5  # nearest identities checked per identity for merges
+    nprobe: int = DEFAULT_NPROBE
+    exact_max: int = EXACT_MAX
+    seed: int = 0
+
+
+@dataclass
+class FlagResult:
+    """flags: one row per flag (`row` = input row, -1 for identity-level flags).
+    nodes: one row per input row (component, degree, sim_to_main, best_to_main, suggested_identity, flags).
+    identities: one row per identity (sizes, components, noise estimate).
+    thresholds / histogram / noise: what report.json records. messages: things the user should read.
+    """
+
+    flags: pd.DataFrame
+    nodes: pd.DataFrame
+    identities: pd.DataFrame
+    thresholds: dict
+    histogram: dict
+    noise: dict
+    messages: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def _normalised(emb: np.ndarray, valid: np.ndarray, messages: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mark NaN/inf/zero rows invalid; renormalise rows only if the input is not unit length already."""
+    emb = np.asarray(emb)
+    if emb.dtype not in (np.float16, np.float32):
+        emb = emb.astype(np.float32)
+    norms = np.empty(len(emb), dtype=np.float32)
+    for s in range(0, len(emb), 262_144):
+        part = gather(emb, np.arange(s, min(s + 262_144, len(emb))), torch.device("cpu"), torch.float32)
+        norms[s : s + 262_144] = torch.linalg.vector_norm(part, dim=1).numpy()
+    bad = valid & ~(np.isfinite(norms) & (norms > 1e-6))
+    if bad.any():
+        messages.append(f"{int(bad.sum())} embedding row(s) hold NaN, inf or zeros: left out of the graphs")
+    valid = valid & ~bad
+    if valid.any() and np.abs(norms[valid] - 1).max() > 1e-2:
+        messages.append("embeddings were not unit length: normalised them (cosine similarity is what is compared)")
+        safe = np.where(valid, norms, 1.0).astype(np.float32)
+        emb = (np.nan_to_num(np.asarray(emb, dtype=np.float32)) / safe[:, None]).astype(emb.dtype)
+    return emb, valid
+
+
+def _cross(emb, left, lids, right, rids, threshold, device, budget=1 << 24):
+    """For identity-segment pairs (left[lids[i]], right[rids[i]]): edge density, mean cosine, best cosine, its two rows.
+
+    left/right: (rows sorted by segment, start per segment, count per segment) as from graph.segments.
+    """
+    p = len(lids)
+    mean = np.zeros(p, np.float32)
+    density = np.zeros(p, np.float32)
+    best = np.full(p, -np.inf, np.float32)
+    arg_l = np.full(p, -1, np.int64)
+    arg_r = np.full(p, -1, np.int64)
+    if p == 0:
+        return density, mean, best, arg_l, arg_r
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    size = np.maximum(left[2][lids], right[2][rids])
+    order = np.argsort(size, kind="stable")
+    d = emb.shape[1]
+    start = 0
+    while start < p:
+        sl, sr = int(left[2][lids[order[start]]]), int(right[2][rids[order[start]]])
+        end = start + 1
+        while end < p:
+            a, b = max(sl, left[2][lids[order[end]]]), max(sr, right[2][rids[order[end]]])
+            if (end - start + 1) * (a * b + (a + b) * d) > budget:
+                break
+            sl, sr, end = int(a), int(b), end + 1
+        sel = order[start:end]
+        lrows, lmask = padded_rows(*left, lids[sel], sl)
+        rrows, rmask = padded_rows(*right, rids[sel], sr)
+        x = gather(emb, lrows.ravel(), device, dtype).view(len(sel), sl, d)
+        y = gather(emb, rrows.ravel(), device, dtype).view(len(sel), sr, d)
+        sims = torch.bmm(x, y.transpose(1, 2)).float()
+        ok = torch.from_numpy(lmask).to(device)[:, :, None] & torch.from_numpy(rmask).to(device)[:, None, :]
+        edges = ((sims >= threshold) & ok).sum((1, 2)).double()
+        n_pairs = ok.sum((1, 2)).clamp(min=1)
+        density[sel] = (edges / n_pairs).cpu().numpy()
+        mean[sel] = ((sims * ok).sum((1, 2)) / n_pairs).cpu().numpy()
+        masked = torch.where(ok, sims, torch.tensor(-torch.inf, device=device)).flatten(1)
+        val, pos = masked.max(1)
+        pos = pos.cpu().numpy()
+        best[sel] = val.cpu().numpy()
+        arg_l[sel] = lrows[np.arange(len(sel)), pos // sr]
+        arg_r[sel] = rrows[np.arange(len(sel)), pos % sr]
+        start = end
+    return density, mean, best, arg_l, arg_r
+
+
+def _few(names, limit: int = 5) -> str:
+    names = [str(x) for x in names]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def flag_embeddings(
+    emb: np.ndarray,
+    identity,
+    is_fake=None,
+    valid=None,
+    *,
+    config: FlagConfig | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+) -> FlagResult:
+    """Flag likely label errors in an embedded dataset.
+
+    emb: [N, D] float16/float32 embeddings (unit rows preferred; NaN rows = failed embeddings, left out).
+    identity: N identity names (None/NaN = no identity). is_fake: N bools (deepfakes; default none).
+    valid: N bools, False for rows to ignore (e.g. no face found; default all).
+    Returns a FlagResult; raises FlagError when nothing can be flagged (fewer than two identities and no threshold).
+
+    Example:
+        >>> res = flag_embeddings(np.load("emb.npy"), pd.read_csv("index.csv").identity)
+        >>> res.flags.flag.value_counts()
+    """
+    cfg = config or FlagConfig()
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    timings: dict[str, float] = {}
+    messages: list[str] = []
+    t_start = time.perf_counter()
+    n = len(emb)
+    codes, names = pd.factorize(identity if isinstance(identity, pd.Series) else pd.Series(identity), use_na_sentinel=True)
+    codes = codes.astype(np.int64)
+    names = np.asarray(names, dtype=object)
+    k_ids = len(names)
+    is_fake = np.zeros(n, bool) if is_fake is None else np.asarray(is_fake, bool)
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool).copy()
+    if len(codes) != n or len(is_fake) != n or len(valid) != n:
+        raise FlagError(f"{n} embeddings but {len(codes)} identities / {len(is_fake)} fake marks / {len(valid)} valid marks")
+    emb, valid = _normalised(emb, valid & (codes >= 0), messages)
+    real = valid & ~is_fake
+    real_rows = np.flatnonzero(real)
+    n_real = np.bincount(codes[real_rows], minlength=k_ids)
+    n_fake_all = np.bincount(codes[valid & is_fake], minlength=k_ids)
+
+    timings["prepare"] = time.perf_counter() - t_start
+    t0 = time.perf_counter()
+    if cfg.threshold is None and len(np.unique(codes[real_rows])) < 2:
+        raise FlagError(
+            "fewer than two identities with usable real photos: there are no cross-identity pairs to calibrate the "
+            "threshold on (pass --threshold to set one)"
+        )
+    edge, imp = calibrate_threshold(
+        emb, codes, real_rows, target_fmr=cfg.target_fmr, override=cfg.threshold, seed=cfg.seed
+    )
+    if edge.note:
+        messages.append(edge.note)
+    if edge.method == "target_fmr" and edge.value > 0.999:
+        messages.append(
+            f"photos of different identities are (nearly) identical to each other (edge threshold {edge.value:.4f}): "
+            "all-identical or placeholder images, or an embedder that does not separate faces; the flags are not "
+            "meaningful"
+        )
+    t = edge.value
+    timings["calibrate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    g = build_graphs(emb, codes, is_fake, valid, t, device=dev, progress=progress)
+    timings["graph"] = time.perf_counter() - t0
+
+    ident = g.identities.copy()
+    ident.insert(0, "identity", names)
+    singles = np.flatnonzero(n_real == 1)
+    if len(singles):
+        messages.append(
+            f"{len(singles)} identit{'y has' if len(singles) == 1 else 'ies have'} a single real photo, nothing to "
+            f"compare it with (not flagged): {_few(names[singles])}"
+        )
+    only_fakes = np.flatnonzero((n_real == 0) & (n_fake_all > 0))
+    if len(only_fakes):
+        messages.append(
+            f"{len(only_fakes)} identit{'y has' if len(only_fakes) == 1 else 'ies have'} only deepfakes, no real photo "
+            f"to check them against (not flagged): {_few(names[only_fakes])}"
+        )
+    no_main = np.flatnonzero((n_real >= 2) & (ident["n_main"].to_numpy() == 0))
+    if len(no_main):
+        messages.append(
+            f"{len(no_main)} identit{'y has' if len(no_main) == 1 else 'ies have'} no two photos alike (every photo "
+            f"flagged outlier): {_few(names[no_main])}"
+        )
+
+    comp = g.component
+    multi = n_real[np.maximum(codes, 0)] >= 2
+    outlier = real & (comp == -1) & multi
+    minority = real & (comp >= 1)
+    flagged_rows = np.flatnonzero(outlier | minority)
+    n_main = ident["n_main"].to_numpy()
+    second = ident["second_size"].to_numpy()
+    split_ids = np.flatnonzero((second >= cfg.split_min_size) & (second >= cfg.split_ratio * np.maximum(n_main, 1)))
+    fake_rows = np.flatnonzero(valid & is_fake)
+    judged = fake_rows[np.isfinite(g.best_to_main[fake_rows])]
+    mismatch_rows = judged[g.best_to_main[judged] < t]
+
+    # ---- across identities: centroids of the main components, faiss ----------------------------------------------
+    t0 = time.perf_counter()
+    main_rows = np.flatnonzero(real & (comp == 0))
+    main_seg = segments(codes, main_rows, k_ids)
+    cent_codes = np.flatnonzero(main_seg[2] > 0)
+    sums = identity_sums(emb, codes, main_rows, k_ids)
+    mean_norm = np.linalg.norm(sums, axis=1) / np.maximum(n_main, 1)
+    cent = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12))[cent_codes]
+    suggested = np.full(n, None, dtype=object)
+    sugg_sim = np.full(n, np.nan, np.float32)
+    flag_rows_list: list[dict] = []
+    genuine_median = hist_quantile(g.same_identity_hist, HIST_EDGES, 0.5)
+    dup_t = cfg.duplicate_threshold or duplicate_threshold(genuine_median if np.isfinite(genuine_median) else t, t)
+    imp_mean = float(np.mean(imp)) if len(imp) else 0.0
+    within = np.full(k_ids, np.nan)
+    deg_main = np.bincount(codes[main_rows], weights=g.degree[main_rows], minlength=k_ids)
+    ok = n_main >= 2
+    within[ok] = deg_main[ok] / (n_main[ok] * (n_main[ok] - 1))
+    ident["main_density"] = within
+    main_sum = np.bincount(codes[main_rows], weights=np.nan_to_num(g.sim_to_main[main_rows]), minlength=k_ids)
+    own_mean = np.where(n_main >= 2, main_sum / np.maximum(n_main, 1), np.nan)  # mean cosine inside the main component
+    ident["main_mean_cosine"] = own_mean
+    merge_t = cfg.merge_min_density
+    if merge_t is None:
+        med = np.nanmedian(within) if np.isfinite(within).any() else 1.0
+        merge_t = 0.5 * float(med)
+    index_kind = "none"
+    if len(cent_codes) >= 2:
+        index_kind = plan_index(len(cent_codes), exact_max=cfg.exact_max)
+        index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed)
+
+        # suggestions (and duplicate candidates) for flagged photos and single-photo identities
+        query_rows = np.union1d(flagged_rows, np.flatnonzero(real & np.isin(codes, singles)))
+        kq = min(cfg.suggest_k + 1, len(cent_codes))
+        if len(query_rows):
+            qx = np.asarray(emb[query_rows], np.float32)
+            s_sims, s_ids = knn(index, qx, kq, nprobe=cfg.nprobe)
+            s_codes = np.where(s_ids >= 0, cent_codes[np.maximum(s_ids, 0)], -1)
+            suggested[query_rows] = np.where(s_codes[:, 0] >= 0, names[np.maximum(s_codes[:, 0], 0)], None)
+            sugg_sim[query_rows] = s_sims[:, 0]
+            # duplicates: each query photo vs the main photos of its nearest identities other than its own
+            pair_q = np.repeat(np.arange(len(query_rows)), kq)
+            pair_c = s_codes.ravel()
+            keep = (pair_c >= 0) & (pair_c != codes[query_rows][pair_q])
+            pair_q, pair_c = pair_q[keep], pair_c[keep]
+            single_seg = (query_rows, np.arange(len(query_rows)), np.ones(len(query_rows), np.int64))
+            _, _, best, _, arg_r = _cross(emb, single_seg, pair_q, main_seg, pair_c, t, dev)
+            hit = best >= dup_t
+            dup = pd.DataFrame({"q": pair_q[hit], "c": pair_c[hit], "sim": best[hit], "twin": arg_r[hit]})
+            dup = dup.sort_values("sim", ascending=False).drop_duplicates("q")
+            for r in dup.itertuples(index=False):
+                row = int(query_rows[r.q])
+                flag_rows_list.append(
+                    dict(row=row, identity=names[codes[row]], flag="duplicate", component=int(comp[row]),
+                         suggested_identity=names[r.c], score=float(r.sim), details={"duplicate_of_row": int(r.twin)})
+                )
+
+        # merges: identities whose nearest centroids are close, confirmed on the photos themselves
+        km = min(cfg.merge_k + 1, len(cent_codes))
+        timings["search_suggest"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # a merge partner's centroid is nearly the identity's own, so it sits in the same or a neighbouring list
+        c_sims, c_ids = knn(index, cent, km, nprobe=max(1, cfg.nprobe // 4))
+        a = np.repeat(np.arange(len(cent_codes)), km)
+        b = c_ids.ravel()
+        keep = (b >= 0) & (b != a)
+        ca, cb = cent_codes[a[keep]], cent_codes[b[keep]]
+        # One person under two labels: photos across the two labels are as alike as photos within each (ratio ~1).
+        # Lookalikes (dlib's weak spot: it links many East Asian faces) can pass the edge threshold densely too, but
+        # their cosines sit between the impostor mean and the identities' own level, so the ratio says it:
+        # (cross mean - impostor mean) / (own mean - impostor mean). The mean cosine over all cross pairs is exactly
+        # the dot product of the two identities' mean embeddings, so this test needs no photo at all; only the
+        # pairs that pass it are compared photo by photo (edge density, duplicates).
+        cross_mean = c_sims.ravel()[keep] * mean_norm[ca] * mean_norm[cb]
+        own = np.nanmean(np.stack([own_mean[ca], own_mean[cb]]), axis=0)
+        own = np.where(np.isfinite(own), own, cross_mean)  # single photos on both sides: nothing to compare with
+        ratio = (cross_mean - imp_mean) / np.maximum(own - imp_mean, 1e-6)
+        sel = ratio >= cfg.merge_ratio
+        pairs, first = np.unique(np.sort(np.stack([ca[sel], cb[sel]], 1), axis=1), axis=0, return_index=True)
+        ratio = ratio[sel][first]
+        ca, cb = pairs[:, 0], pairs[:, 1]
+        density, _, best, arg_l, arg_r = _cross(emb, main_seg, ca, main_seg, cb, t, dev)
+        for i in np.flatnonzero(density >= merge_t):
+            small, big = (ca[i], cb[i]) if n_main[ca[i]] <= n_main[cb[i]] else (cb[i], ca[i])
+            flag_rows_list.append(
+                dict(row=-1, identity=names[small], flag="merge", component=None, suggested_identity=names[big],
+                     score=float(density[i]),
+                     details={"ratio": float(ratio[i]), "best_cosine": float(best[i]),
+                              "n_main": [int(n_main[small]), int(n_main[big])]})
+            )
+            if best[i] >= dup_t:
+                row = int(arg_l[i] if codes[arg_l[i]] == small else arg_r[i])
+                twin = int(arg_r[i] if row == arg_l[i] else arg_l[i])
+                flag_rows_list.append(
+                    dict(row=row, identity=names[small], flag="duplicate", component=int(comp[row]),
+                         suggested_identity=names[big], score=float(best[i]), details={"duplicate_of_row": twin})
+                )
+        timings["search_merge"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+
+    # ---- assemble -----------------------------------------------------------------------------------------------
+    for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
+        for row in rows:
+            flag_rows_list.append(
+                dict(row=int(row), identity=names[codes[row]], flag=kind, component=int(comp[row]),
+                     suggested_identity=suggested[row], score=float(g.sim_to_main[row]),
+                     details={"suggested_cosine": float(sugg_sim[row]), "degree": int(g.degree[row])})
+            )
+    for c in split_ids:
+        flag_rows_list.append(
+            dict(row=-1, identity=names[c], flag="split", component=1, suggested_identity=None,
+                 score=float(second[c] / max(n_main[c], 1)), details={"sizes": [int(n_main[c]), int(second[c])]})
+        )
+    for row in mismatch_rows:
+        flag_rows_list.append(
+            dict(row=int(row), identity=names[codes[row]], flag="fake_mismatch", component=None, suggested_identity=None,
+                 score=float(g.best_to_main[row]), details={})
+        )
+    columns = ["row", "identity", "flag", "component", "suggested_identity", "score", "details"]
+    flags = pd.DataFrame(flag_rows_list, columns=columns)
+    flags["row"] = flags["row"].astype(np.int64)
+    flags["component"] = flags["component"].astype("Int64")
+
+    row_flags = np.full(n, "", dtype=object)
+    for row, kind in zip(flags.row.to_numpy(), flags.flag.to_numpy()):
+        if row >= 0:
+            row_flags[row] = f"{row_flags[row]},{kind}" if row_flags[row] else kind
+    nodes = pd.DataFrame(
+        {
+            "row": np.arange(n),
+            "identity": np.where(codes >= 0, names[np.maximum(codes, 0)], None) if k_ids else np.full(n, None),
+            "is_fake": is_fake,
+            "valid": valid,
+            "component": comp,
+            "degree": g.degree,
+            "sim_to_main": g.sim_to_main,
+            "best_to_main": g.best_to_main,
+            "suggested_identity": suggested,
+            "flags": row_flags,
+        }
+    )
+
+    noisy = np.bincount(codes[flagged_rows], minlength=k_ids)
+    judged_ids = n_real >= 2
+    ident["n_flagged"] = noisy
+    ident["noise_rate"] = np.where(judged_ids, noisy / np.maximum(n_real, 1), np.nan)
+    total_judged = int(n_real[judged_ids].sum())
+    noise = {
+        "overall": float(noisy[judged_ids].sum() / total_judged) if total_judged else None,
+        "method": "share of real photos flagged outlier or minority, over identities with 2+ real photos",
+        "per_identity": dict(
+            zip(map(str, names[judged_ids]), np.round(ident["noise_rate"].to_numpy()[judged_ids], 4).tolist())
+        ),
+    }
+    cross_hist = np.histogram(np.clip(imp, -1, 1), bins=HIST_EDGES)[0]
+    histogram = {
+        "bin_edges": [round(float(x), 4) for x in HIST_EDGES],
+        "same_identity": g.same_identity_hist.tolist(),
+        "cross_identity": cross_hist.tolist(),
+        "cross_identity_note": "a random sample of core-photo pairs from different identities (see calibrate.py)",
+    }
+    thresholds = {
+        "edge": edge.to_dict(),
+        "duplicate": {
+            "value": dup_t,
+            "method": "user" if cfg.duplicate_threshold else "0.9 of the way from the genuine median cosine to 1",
+            "genuine_median": genuine_median,
+        },
+        "merge": {
+            "value": merge_t,
+            "method": "share of cross pairs joined by an edge; user" if cfg.merge_min_density is not None
+            else "share of cross pairs joined by an edge, at least half the median edge density inside identities",
+            "ratio": cfg.merge_ratio,
+            "ratio_method": "(mean cross cosine - impostor mean) / (mean cosine inside the identities - impostor mean)"
+            " must reach this",
+            "impostor_mean": imp_mean,
+        },
+        "split": {"ratio": cfg.split_ratio, "min_size": cfg.split_min_size},
+        "index": {"kind": index_kind, "rows": int(len(cent_codes)), "nprobe": cfg.nprobe},
+        "config": asdict(cfg),
+    }
+    timings["assemble"] = time.perf_counter() - t0
+    return FlagResult(flags, nodes, ident, thresholds, histogram, noise, messages, timings)

@@ -1,0 +1,256 @@
+"""Per-identity similarity graphs: which photos filed under one identity show the same person.
+
+Why a graph: a mislabelled photo looks like nobody else in its folder, so it has no edge (cosine >= threshold) to any
+other photo of the identity (an *outlier*), or it sits in a small cluster away from the bulk (a *minority*, e.g. several
+photos of one wrong person). The largest connected component is taken to be the identity; an identity whose two largest
+components are both big is probably two people under one label (*split*). Deepfakes stay out of the graph and are
+compared with the main component afterwards.
+
+How it scales: identities are sorted by size and packed into padded blocks, so one batched matrix multiply (torch, on the
+GPU when there is one) computes the cosine matrices of thousands of identities at once. Connected components are
+defined by networkx. Calling networkx for 100,000 small identities would still cost seconds of pure Python, so an
+identity is sent to networkx only when a vectorised test cannot prove its answer: once isolated vertices are set aside,
+a graph on m vertices whose minimum degree is >= (m - 1) / 2 is connected (two non-adjacent vertices then have a common
+neighbour), which holds for nearly every clean identity. `tests/test_graph.py` checks the result equals networkx on
+random graphs either way.
+
+Example:
+    >>> codes, names = pd.factorize(identity_per_row)
+    >>> g = build_graphs(emb, codes, is_fake, valid, threshold=0.93)
+    >>> g.component[:5]          # 0 = main component, 1.. smaller ones by size, -1 isolated, -2 not in a graph
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from embeddings.device import pick_device
+
+# Shared bin edges for the similarity histograms in report.json (same-identity vs cross-identity pairs).
+HIST_EDGES = np.linspace(-1.0, 1.0, 401)
+
+NOT_IN_GRAPH = -2  # fakes, failed embeddings and rows without an identity
+ISOLATED = -1
+
+
+@dataclass
+class GraphResult:
+    """Per-row and per-identity results of `build_graphs`.
+
+    component: int32 [N]; 0 = the identity's main (largest) component, 1.. the other components by decreasing size,
+        -1 = isolated (no edge), -2 = not in a graph (deepfake, invalid embedding, no identity). An identity with a
+        single real photo has that photo as its main component.
+    degree: int32 [N], number of edges of each real photo.
+    sim_to_main: float32 [N], mean cosine to the main component's photos (itself excluded); NaN when there are none.
+    best_to_main: float32 [N], highest cosine to a main-component photo (itself excluded); what decides fake_mismatch.
+    identities: one row per identity code: n_real, n_fake, n_main, n_isolated, n_components, second_size and
+        `via` ("proof" when the vectorised test settled it, "networkx", "single" for one photo, "none" for no real photo).
+    same_identity_hist: counts of all same-identity real-photo pair similarities over HIST_EDGES.
+    """
+
+    component: np.ndarray
+    degree: np.ndarray
+    sim_to_main: np.ndarray
+    best_to_main: np.ndarray
+    identities: pd.DataFrame
+    same_identity_hist: np.ndarray
+
+
+def components_networkx(adj: np.ndarray) -> np.ndarray:
+    """Component labels of one identity's graph, as networkx defines them.
+
+    adj: bool [n, n] symmetric adjacency (the diagonal is ignored).
+    Returns int32 [n]: -1 for isolated vertices, 0 for the largest component, 1.. for the others by decreasing size
+    (ties broken by the smallest member index, so the result is deterministic).
+
+    Example:
+        >>> components_networkx(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], bool))
+        array([ 0,  0, -1], dtype=int32)
+    """
+    n = adj.shape[0]
+    rows, cols = np.nonzero(np.triu(adj, 1))
+    graph = nx.Graph()
+    graph.add_edges_from(zip(rows.tolist(), cols.tolist()))  # isolated vertices never enter the graph: they are dropped
+    comps = sorted(nx.connected_components(graph), key=lambda c: (-len(c), min(c)))
+    labels = np.full(n, ISOLATED, dtype=np.int32)
+    for k, members in enumerate(comps):
+        labels[list(members)] = k
+    return labels
+
+
+def gather(emb: np.ndarray, rows: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """emb[rows] as a tensor on `device`: torch gathers and widens float16 rows several times faster than numpy."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only memory map: it is only ever read
+        src = torch.from_numpy(emb) if isinstance(emb, np.ndarray) else torch.as_tensor(np.asarray(emb))
+    return src[torch.from_numpy(np.asarray(rows, dtype=np.int64))].to(device=device, dtype=dtype)
+
+
+def segments(codes: np.ndarray, rows: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows grouped by identity code: (rows sorted by code, start offset per code, count per code)."""
+    order = rows[np.argsort(codes[rows], kind="stable")]
+    counts = np.bincount(codes[rows], minlength=n_codes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return order, starts, counts
+
+
+def padded_rows(order: np.ndarray, starts: np.ndarray, counts: np.ndarray, ids: np.ndarray, side: int):
+    """[B, side] row indices of the given identities (padding points at row 0) and the mask of real entries."""
+    ar = np.arange(side)
+    mask = ar[None, :] < counts[ids][:, None]
+    pos = np.where(mask, starts[ids][:, None] + ar[None, :], 0)
+    rows = order[pos] if len(order) else np.zeros_like(pos)
+    return np.where(mask, rows, 0), mask
+
+
+def _blocks(n_real: np.ndarray, n_fake: np.ndarray, ids: np.ndarray, dim: int, block_elems: int):
+    """Split identities (already sorted by size) into blocks whose padded tensors stay under `block_elems` numbers."""
+    out, start = [], 0
+    while start < len(ids):
+        end = start + 1
+        side, fside = n_real[ids[start]], n_fake[ids[start]]
+        while end < len(ids):
+            s, f = max(side, n_real[ids[end]]), max(fside, n_fake[ids[end]])
+            if (end - start + 1) * ((s + f) * (s + dim)) > block_elems:
+                break
+            side, fside, end = s, f, end + 1
+        out.append((ids[start:end], int(side), int(fside)))
+        start = end
+    return out
+
+
+def build_graphs(
+    emb: np.ndarray,
+    codes: np.ndarray,
+    is_fake: np.ndarray,
+    valid: np.ndarray,
+    threshold: float,
+    *,
+    device: str | torch.device = "auto",
+    block_elems: int = 1 << 24,
+    progress: bool = False,
+) -> GraphResult:
+    """Build every identity's similarity graph and find its components.
+
+    emb: [N, D] float16/float32, L2-normalised rows (rows where `valid` is False are never read).
+    codes: int [N] identity code per row (0..K-1; negative = no identity), e.g. from `pandas.factorize`.
+    is_fake, valid: bool [N]. Only valid real photos enter the graphs; valid fakes are scored against the main component.
+    threshold: cosine at or above which two photos are joined by an edge (see curation.calibrate).
+    block_elems: memory budget per batched multiply, in numbers (2**24 float32 = 64 MB plus the embeddings gathered).
+    """
+    n = len(codes)
+    codes = np.asarray(codes, dtype=np.int64)
+    n_codes = int(codes.max()) + 1 if n and codes.max() >= 0 else 0
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32  # fp16 matmuls are slow on CPUs
+
+    valid = np.asarray(valid, bool) & (codes >= 0)
+    is_fake = np.asarray(is_fake, bool)
+    real_rows = np.flatnonzero(valid & ~is_fake)
+    fake_rows = np.flatnonzero(valid & is_fake)
+    r_order, r_starts, n_real = segments(codes, real_rows, n_codes)
+    f_order, f_starts, n_fake = segments(codes, fake_rows, n_codes)
+
+    component = np.full(n, NOT_IN_GRAPH, dtype=np.int32)
+    degree = np.zeros(n, dtype=np.int32)
+    sim_to_main = np.full(n, np.nan, dtype=np.float32)
+    best_to_main = np.full(n, np.nan, dtype=np.float32)
+    ident = pd.DataFrame(
+        {
+            "n_real": n_real,
+            "n_fake": n_fake,
+            "n_main": 0,
+            "n_isolated": 0,
+            "n_components": 0,
+            "second_size": 0,
+            "via": np.where(n_real == 0, "none", "proof"),
+        }
+    )
+    n_main_arr = np.zeros(n_codes, np.int64)
+    n_iso_arr = np.zeros(n_codes, np.int64)
+    n_comp_arr = np.zeros(n_codes, np.int64)
+    second_arr = np.zeros(n_codes, np.int64)
+    via_arr = ident["via"].to_numpy(dtype=object)
+    hist = torch.zeros(len(HIST_EDGES) - 1, dtype=torch.float64)
+
+    ids_sorted = np.flatnonzero(n_real > 0)
+    ids_sorted = ids_sorted[np.argsort(n_real[ids_sorted], kind="stable")]
+    dim = emb.shape[1] if emb.ndim == 2 else 0
+    blocks = _blocks(n_real, n_fake, ids_sorted, dim, block_elems)
+    for ids, side, fside in tqdm(blocks, desc="graphs", unit="block", disable=not progress):
+        rows, mask = padded_rows(r_order, r_starts, n_real, ids, side)
+        m = torch.from_numpy(mask).to(dev)
+        x = gather(emb, rows.ravel(), dev, dtype).view(len(ids), side, -1)
+        x = x * m[..., None]
+        sims = torch.bmm(x, x.transpose(1, 2)).float()
+        eye = torch.eye(side, dtype=torch.bool, device=dev)
+        pair_ok = m[:, :, None] & m[:, None, :] & ~eye
+        upper = pair_ok & torch.ones(side, side, dtype=torch.bool, device=dev).triu(1)
+        hist += torch.histc(sims[upper].clamp(-1, 1).double().cpu(), bins=len(HIST_EDGES) - 1, min=-1, max=1)
+        adj = (sims >= threshold) & pair_ok
+        deg = adj.sum(-1)
+
+        # Vectorised proof of connectivity (see the module docstring); unproven identities go to networkx.
+        linked = (deg > 0) & m
+        n_linked = linked.sum(1)
+        min_deg = torch.where(linked, deg, torch.full_like(deg, side)).min(1).values
+        proven = (2 * min_deg >= n_linked - 1) | (n_linked == 0)
+        labels = torch.where(linked, 0, ISOLATED).to(torch.int32)
+        single = m.sum(1) == 1
+        labels[single] = torch.where(m[single], 0, ISOLATED).to(torch.int32)  # one photo: it is the identity
+        unproven = torch.nonzero(~proven).flatten().tolist()
+        if unproven:
+            adj_cpu = adj[unproven].cpu().numpy()
+            for j, b in enumerate(unproven):
+                k = int(n_real[ids[b]])
+                labels[b, :k] = torch.from_numpy(components_networkx(adj_cpu[j, :k, :k]))
+                via_arr[ids[b]] = "networkx"
+        via_arr[ids[single.cpu().numpy()]] = "single"
+
+        main = (labels == 0) & m
+        main_f = main.to(sims.dtype)
+        n_main = main.sum(1)
+        others = n_main[:, None] - main.long()  # main members other than the photo itself
+        total = (sims * main_f[:, None, :]).sum(-1) - torch.diagonal(sims, dim1=1, dim2=2) * main_f
+        mean_main = torch.where(others > 0, total / others.clamp(min=1), torch.nan)
+        neg = torch.tensor(-torch.inf, device=dev)
+        best = torch.where(main[:, None, :] & ~eye, sims, neg).max(-1).values
+        best = torch.where(torch.isinf(best), torch.nan, best)
+
+        flat_rows = rows[mask]
+        mask_t = m
+        component[flat_rows] = labels[mask_t].cpu().numpy()
+        degree[flat_rows] = deg[mask_t].cpu().numpy()
+        sim_to_main[flat_rows] = mean_main[mask_t].cpu().numpy()
+        best_to_main[flat_rows] = best[mask_t].cpu().numpy()
+
+        lab_np = labels.cpu().numpy()
+        n_main_arr[ids] = n_main.cpu().numpy()
+        n_iso_arr[ids] = ((lab_np == ISOLATED) & mask).sum(1)
+        n_comp_arr[ids] = lab_np.max(1) + 1
+        second_arr[ids] = ((lab_np == 1) & mask).sum(1)
+
+        if fside:
+            frows, fmask = padded_rows(f_order, f_starts, n_fake, ids, fside)
+            y = gather(emb, frows.ravel(), dev, dtype)
+            fs = torch.bmm(y.view(len(ids), fside, -1), x.transpose(1, 2)).float()
+            fsum = (fs * main_f[:, None, :]).sum(-1)
+            fmean = torch.where(n_main[:, None] > 0, fsum / n_main.clamp(min=1)[:, None], torch.nan)
+            fbest = torch.where(main[:, None, :], fs, neg).max(-1).values
+            fbest = torch.where(torch.isinf(fbest), torch.nan, fbest)
+            fm = torch.from_numpy(fmask).to(dev)
+            sim_to_main[frows[fmask]] = fmean[fm].cpu().numpy()
+            best_to_main[frows[fmask]] = fbest[fm].cpu().numpy()
+
+    ident["n_main"] = n_main_arr
+    ident["n_isolated"] = n_iso_arr
+    ident["n_components"] = n_comp_arr
+    ident["second_size"] = second_arr
+    ident["via"] = via_arr
+    return GraphResult(component, degree, sim_to_main, best_to_main, ident, hist.numpy().astype(np.int64))
