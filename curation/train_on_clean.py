@@ -1,0 +1,566 @@
+"""Fine-tune a face backbone on cleaned labels: `python -m curation.train_on_clean WORK --init CKPT --out RUN`.
+
+This is what the cleaning is for: the labels the store holds after review (exactly what `labels.export` would write) or
+an exported dataset folder become verification pairs (same person / different person / person vs own deepfake, 50/25/25,
+identity-disjoint 95/5 split, see curation.pairs) and a pretrained IR backbone is fine-tuned on them with the adaptive
+margin pair loss (or, as an option, the AdaFace margin head on identities), validating by EER with an error breakdown
+per pair type. Defaults are the reference recipe (`../shared/spec/FORMATS.md`, see curation.train_config).
+
+One code path with the embedding pass: photos are aligned by `embeddings.pipeline` into the same crop cache, and every
+batch becomes model input through `embeddings.preprocess.to_input(..., "adaface")` (BGR, [-1, 1]).
+
+Resuming: the pairs of epoch e are drawn from (seed, e) and flips from the same generator, DataLoader workers draw no
+random numbers, and the torch RNG state (dropout) is saved with the optimizer, scheduler and scaler; so `--resume`
+continues from `last` with the very batch that would have come next (see curation.train_run for the crash-safe files).
+The plateau scheduler steps only at the regular validations (every `val_every` steps); the extra validation at the end of
+a run updates history and checkpoints but not the scheduler, so stopping at step k and resuming gives the same run as
+never stopping.
+
+Example:
+    python -m curation.train_on_clean work/ --init adaface_ir101_webface12m.ckpt --out runs/ft1
+    python -m curation.train_on_clean work/ --out runs/ft1 --resume
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from curation.metrics import accuracy_at, verification_report
+from curation.pairs import PAIR_KINDS, Pairs
+from curation.train_data import (
+    CropImages,
+    TrainData,
+    TrainError,
+    epoch_data,
+    epoch_loader,
+    prepare_data,
+    validation_pairs,
+)
+from curation.train_config import CHOICES, DATA_ORDER_KEYS, ConfigError, TrainConfig, load_config_file, resolve_config
+from curation.train_run import Kept, RunFolder, kept_from_state, kept_to_state, write_json
+from embeddings import CheckpointError, build_backbone, load_backbone, read_checkpoint, save_backbone
+from embeddings.device import amp_dtype, autocast, pick_device
+from embeddings.losses import AdaFaceHead, AdaptiveMarginPairLoss
+from embeddings.pipeline import CropDataset
+from embeddings.preprocess import to_input
+
+
+# ---- model, optimisation, validation --------------------------------------------------------------------------------
+@torch.no_grad()
+def embed_rows(
+    model: torch.nn.Module, crops: CropDataset, rows: np.ndarray, cfg: TrainConfig, device: torch.device, dtype
+) -> torch.Tensor:
+    """Unit embeddings [len(rows), 512] (float32, CPU) of the given crops, in eval mode, without flips."""
+    ds = CropImages(crops, rows, np.zeros(len(rows), bool), np.full(len(rows), -1))
+    loader = DataLoader(
+        ds, batch_size=2 * cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    model.eval()
+    out = []
+    for x, _ in loader:
+        with autocast(device, enabled=dtype is not None, dtype=dtype):
+            unit, _ = model(to_input(x.to(device, non_blocking=True), "adaface"))
+        out.append(unit.float().cpu())
+    return torch.cat(out)
+
+
+def validate(
+    model: torch.nn.Module, data: TrainData, pairs: Pairs, cfg: TrainConfig, device: torch.device, dtype
+) -> dict:
+    """Validation metrics on the held-out identities' pairs: EER (bob) with its threshold, the organisers' EER,
+    accuracy at the fixed threshold, and error rates per pair type at the EER threshold."""
+    rows = np.unique(np.concatenate([pairs.a, pairs.b]))
+    emb = embed_rows(model, data.crops, rows, cfg, device, dtype)
+    ia, ib = np.searchsorted(rows, pairs.a), np.searchsorted(rows, pairs.b)
+    scores = (emb[ia] * emb[ib]).sum(1).numpy().astype(np.float64)
+    report = verification_report(scores, pairs.label, pairs.kind, type_names=PAIR_KINDS, curve=False)
+    return {
+        "eer": report.eer,
+        "eer_threshold": report.eer_threshold,
+        "eer_roc": report.eer_roc,
+        "accuracy": accuracy_at(scores, pairs.label, cfg.accuracy_threshold),
+        "accuracy_threshold": cfg.accuracy_threshold,
+        "accuracy_at_eer_threshold": report.accuracy,
+        "per_type": {name: r.rate for name, r in report.per_type.items()},
+        "tar_at_far": {k: v.tar for k, v in report.tar_at_far.items()},
+        "n_pairs": report.n_pos + report.n_neg,
+    }
+
+
+def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, device: torch.device, dtype) -> float:
+    """One optimizer step on a batch from the epoch's loader (uint8 crops, turned into model input here by to_input);
+    returns the loss. `head` is the AdaFace head (objective adaface) or None; `dtype` the autocast dtype or None."""
+    model.train()
+    if cfg.objective == "pair":
+        crop_a, crop_b, label, _ = batch
+        # uint8 goes to the GPU (4x fewer bytes than float), the convention is applied there
+        x = to_input(torch.cat([crop_a, crop_b]).to(device, non_blocking=True), "adaface")
+        with autocast(device, enabled=dtype is not None, dtype=dtype):
+            unit, _ = model(x)
+        n = crop_a.shape[0]
+        cos = (unit[:n].float() * unit[n:].float()).sum(1)
+        loss = loss_fn(cos, label.to(device))
+    else:
+        crops, target = batch
+        target = target.to(device)
+        with autocast(device, enabled=dtype is not None, dtype=dtype):
+            unit, norm = model(to_input(crops.to(device, non_blocking=True), "adaface"))
+        loss = F.cross_entropy(head(unit.float(), norm.float(), target), target)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip is not None:
+        scaler.unscale_(opt)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainError(f"the loss became {value}; lower --lr or set --grad-clip (or --precision fp32/bf16)")
+    return value
+
+
+# ---- the run --------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What a call to `train` did: the losses of the steps it ran and where things are."""
+
+    run: Path
+    steps: list[int]
+    losses: list[float]
+    history: list[dict]
+    best: Kept | None
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _initial_model(cfg: TrainConfig, say: Callable[[str], None]) -> torch.nn.Module:
+    if cfg.init == "random":
+        arch = cfg.arch or "ir_101"
+        say(
+            "\n" + "!" * 100 + f"\n!! WARNING: --init random: training {arch} from RANDOM weights. Fine-tuning needs a"
+            " pretrained backbone\n!! (e.g. AdaFace IR-101); from scratch, this recipe (lr 5e-6, a few epochs) learns"
+            " next to nothing.\n" + "!" * 100
+        )
+        return build_backbone(arch)
+    try:
+        model = load_backbone(cfg.init, arch=cfg.arch)
+    except CheckpointError as exc:
+        raise TrainError(f"--init {exc}") from None
+    say(f"initial weights: {cfg.init} ({model.arch})")
+    return model
+
+
+def _meta(cfg: TrainConfig, model, step: int, epoch: int, metrics: dict | None) -> dict:
+    meta = {"step": step, "epoch": epoch, "arch": model.arch, "init": cfg.init, "objective": cfg.objective}
+    if metrics is not None:
+        meta.update(eer=metrics["eer"], eer_threshold=metrics["eer_threshold"])
+    return meta
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fine-tune according to `cfg`, writing everything into `cfg.out` (see curation.train_run for the layout).
+
+    Inputs: a resolved TrainConfig; `resume` to continue the run in `cfg.out` from its last save; whether to show a
+    progress bar; where to send log lines. Output: TrainResult (the per-step losses of this call, the validation
+    history, the best checkpoint). Raises TrainError (one line, for the user) for unusable data, run folders or
+    checkpoints.
+
+    Example:
+        >>> cfg = resolve_config(cli_values={"data": "work", "init": "ir101.ckpt", "out": "runs/a", "max_steps": 500})
+        >>> result = train(cfg)
+        >>> result.best.eer, result.history[-1]["per_type"]
+    """
+    run = RunFolder(cfg.out)
+    if not resume and run.has_run():
+        raise TrainError(f"{cfg.out} already holds a run: add --resume to continue it, or choose another --out")
+    device = pick_device(cfg.device)
+    dtype = amp_dtype(device, cfg.precision)
+    state = _load_resume_state(run) if resume else None
+    if state is None:
+        torch.manual_seed(cfg.seed)  # random initial weights come from the seed
+        model = _initial_model(cfg, say)  # before the data, so a bad checkpoint fails before hours of alignment
+    else:
+        model = load_backbone(run.last, arch=cfg.arch)
+    data = prepare_data(cfg, say=say, progress=progress)
+    for line in data.notes:
+        say(line)
+    vpairs, vstats = validation_pairs(data, cfg)
+    if min(vpairs.counts()["same"], len(vpairs) - vpairs.counts()["same"]) == 0:
+        raise TrainError(
+            f"the validation split ({len(data.val_ids)} identities) gives no usable pairs: it needs identities with at"
+            " least two real photos; raise --val-fraction or add photos"
+        )
+    say(f"validation: {vstats.describe()}")
+    # Written once the inputs are known to be usable (so a failed start leaves no run behind), and on resume too: it
+    # records the options the run now continues with.
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_json(run.config, cfg.to_dict())
+    classes = {name: i for i, name in enumerate(data.train_ids)} if cfg.objective == "adaface" else None
+
+    torch.manual_seed(cfg.seed)  # the AdaFace head and dropout draw from here on (a resumed run restores the state)
+    model.to(device)
+    head = None
+    if classes is not None:
+        head = AdaFaceHead(len(classes), m=cfg.adaface_m, h=cfg.adaface_h, s=cfg.adaface_s).to(device)
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=cfg.lr_threshold
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    loss_fn = AdaptiveMarginPairLoss(cfg.margin_s, cfg.margin_base, cfg.margin_alpha)
+
+    step, epoch, pos, kept, loss_sum, loss_n = 0, 0, 0, [], 0.0, 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if head is not None:
+            head.load_state_dict(state["head"])
+        step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
+        kept = kept_from_state(state["kept"])
+        loss_sum, loss_n = float(state["loss_sum"]), int(state["loss_n"])
+        run.reconcile(step, kept)
+        _set_rng_state(state["rng"])
+        say(f"resuming {run.path} at step {step} (epoch {epoch + 1}, batch {pos})")
+
+    first = epoch_data(data, cfg, epoch, classes)
+    if first.steps == 0:
+        raise TrainError(
+            f"fewer training {'pairs' if cfg.objective == 'pair' else 'photos'} ({len(first.dataset)}) than one batch"
+            f" ({cfg.batch_size}): lower --batch-size or add photos"
+        )
+    if first.stats is not None:
+        say(f"training: {first.stats.describe()}")
+    else:
+        say(f"training: {len(first.dataset):,} real photos of {len(classes):,} identities (AdaFace head, one class each)")
+    total = first.steps * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, first.steps * cfg.epochs)
+    logger = _make_logger(cfg, run)
+    started = time.monotonic()
+    steps_run: list[int] = []
+    losses: list[float] = []
+    last_validated = -1 if state is None else step
+
+    def checkpoint(regular: bool) -> dict:
+        """Validate, record, keep the best, save last: the one place a run's files change."""
+        nonlocal kept, loss_sum, loss_n, last_validated
+        metrics = validate(model, data, vpairs, cfg, device, dtype)
+        elapsed = time.monotonic() - started
+        record = {
+            "step": step,
+            "epoch": epoch + (pos / max(first.steps, 1)),
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": loss_sum / loss_n if loss_n else None,
+            **metrics,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "steps_per_s": len(steps_run) / elapsed if steps_run and elapsed > 0 else None,
+            "scheduled": regular,
+        }
+        if regular:
+            sched.step(metrics["eer"])
+        run.append_history(record)
+        meta = _meta(cfg, model, step, epoch, metrics)
+        kept, _ = run.keep_checkpoint(kept, step, metrics["eer"], cfg.keep_best, lambda p: save_backbone(model, p, **meta))
+        loss_sum, loss_n = 0.0, 0
+        run.save_last(
+            {
+                "format": "facecur-train-state-v1",
+                "step": step,
+                "epoch": epoch,
+                "step_in_epoch": pos,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "head": head.state_dict() if head is not None else None,
+                "kept": kept_to_state(kept),
+                "loss_sum": loss_sum,
+                "loss_n": loss_n,
+                "rng": _rng_state(),
+            },
+            lambda p: save_backbone(model, p, **meta),
+        )
+        run.prune(kept)
+        last_validated = step
+        if logger is not None:
+            logger(record, step)
+        tqdm.write(_describe(record))
+        return record
+
+    bar = tqdm(total=total, initial=step, unit="step", desc="fine-tuning", disable=not progress, dynamic_ncols=True)
+    try:
+        if state is None:
+            checkpoint(regular=True)  # step 0: the initial weights' EER, so every gain is measured against it
+        ep = first
+        while step < total:
+            for batch in epoch_loader(ep.dataset, cfg, cfg.batch_size, pos * cfg.batch_size, device):
+                value = train_step(model, head, loss_fn, batch, opt, scaler, cfg, device, dtype)
+                step, pos = step + 1, pos + 1
+                loss_sum, loss_n = loss_sum + value, loss_n + 1
+                steps_run.append(step)
+                losses.append(value)
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.2g}")
+                if logger is not None and step % 10 == 0:
+                    logger({"train_loss_step": value, "lr": opt.param_groups[0]["lr"]}, step)
+                if step % cfg.val_every == 0:
+                    checkpoint(regular=True)
+                if step >= total:
+                    break
+            if pos >= ep.steps:
+                epoch, pos = epoch + 1, 0
+                if step < total:
+                    ep = epoch_data(data, cfg, epoch, classes)
+        if last_validated != step:
+            checkpoint(regular=False)
+    finally:
+        bar.close()
+    history = run.history()
+    best = kept[0] if kept else None
+    return TrainResult(run.path, steps_run, losses, history, best)
+
+
+def _describe(record: dict) -> str:
+    types = ", ".join(f"{k} {v:.3f}" for k, v in record["per_type"].items())
+    loss = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+    return (
+        f"step {record['step']}: EER {record['eer']:.4f} (thr {record['eer_threshold']:.3f}), "
+        f"acc@{record['accuracy_threshold']:g} {record['accuracy']:.4f}, errors {types}, train loss {loss}, "
+        f"lr {record['lr']:.2g}"
+    )
+
+
+def _load_resume_state(run: RunFolder) -> dict | None:
+    """The training state matching last.pt, or None when the run never got to its first save (it starts over)."""
+    if not run.last.exists():
+        return None
+    try:
+        step = int(read_checkpoint(run.last).meta["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        raise TrainError(f"{run.last}: cannot resume from it ({exc})") from None
+    try:
+        return run.load_state(step)
+    except FileNotFoundError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _make_logger(cfg: TrainConfig, run: RunFolder) -> Callable[[dict, int], None] | None:
+    """Weights & Biases or TensorBoard logging when asked for; a clear error when the package is missing."""
+    if cfg.log == "none":
+        return None
+
+    def numbers(record: dict) -> dict:
+        flat = {}
+        for k, v in record.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}/{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))})
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[k] = v
+        return flat
+
+    if cfg.log == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise TrainError("--log wandb: the wandb package is not installed (pip install wandb), or drop --log") from None
+        wandb.init(project="facecur", name=run.path.name, dir=str(run.path), config=cfg.to_dict(), resume="allow")
+        return lambda record, step: wandb.log(numbers(record), step=step)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError(
+            "--log tensorboard: the tensorboard package is not installed (pip install tensorboard), or drop --log"
+        ) from None
+    writer = SummaryWriter(log_dir=str(run.path / "tensorboard"))
+
+    def log(record: dict, step: int) -> None:
+        for k, v in numbers(record).items():
+            writer.add_scalar(k, v, step)
+        writer.flush()
+
+    return log
+
+
+# ---- command line ---------------------------------------------------------------------------------------------------
+# Help per option; every TrainConfig field becomes a --flag of the same name (underscores as dashes).
+_HELP = {
+    "detector": "face detector for alignment: dlib (default) or scrfd:<file.onnx>; use the one the cleaning run used",
+    "aligned": "the photos already are 112x112 ArcFace-template crops (no detection; only the size is checked)",
+    "arch": "backbone depth: ir_18|ir_34|ir_50|ir_101 (default: read from --init; ir_101 with --init random)",
+    "unreviewed": "open flags on a work folder: keep (default) or apply their suggested action, as export does",
+    "objective": "pair (adaptive-margin pair loss, the recipe) or adaface (AdaFace margin head on identities)",
+    "batch_size": "pairs per step (photos per step with --objective adaface); default 32",
+    "lr": "AdamW learning rate (default 5e-6)",
+    "weight_decay": "AdamW weight decay (default 1e-2)",
+    "epochs": "passes over the training pairs (default 1); pairs are redrawn each epoch",
+    "max_steps": "stop after this many steps (default: run all epochs)",
+    "val_every": "validate, checkpoint and step the LR scheduler every N steps (default 100)",
+    "val_fraction": "share of identities held out for validation (default 0.05)",
+    "val_data": "validate on every identity of this work or dataset folder instead of a split of DATA",
+    "max_pos_per_identity": "cap on same-person pairs per identity (default: all C(n,2), as the recipe)",
+    "margin_s": "pair loss scale s (default 64)",
+    "margin_base": "pair loss base margin m_b (default 0.35)",
+    "margin_alpha": "pair loss adaptive margin alpha (default 0.1)",
+    "adaface_m": "AdaFace head margin m (default 0.4)",
+    "adaface_h": "AdaFace head h (default 0.333)",
+    "adaface_s": "AdaFace head scale s (default 64)",
+    "lr_factor": "ReduceLROnPlateau factor (default 0.5)",
+    "lr_patience": "ReduceLROnPlateau patience, in validations (default 10)",
+    "lr_threshold": "ReduceLROnPlateau threshold (default 1e-4)",
+    "accuracy_threshold": "cosine threshold for the reported accuracy (default 0.2)",
+    "keep_best": "how many best checkpoints by validation EER to keep (default 5)",
+    "grad_clip": "clip the gradient norm to this value (default: no clipping)",
+    "precision": "auto (bf16, or fp16 with a GradScaler, on CUDA; fp32 on CPU) | fp32 | fp16 | bf16",
+    "flip": "random horizontal flips of training photos",
+    "device": "auto (default), cpu or cuda[:N]",
+    "workers": "DataLoader worker processes decoding crops (default 2)",
+    "seed": "seed of the split, the pairs, the flips and the initialisation (default 0)",
+    "log": "also log to wandb or tensorboard (the package must be installed)",
+}
+_EPILOG = """examples:
+  python -m curation.train_on_clean work --init adaface_ir101_webface12m.ckpt --out runs/ft1
+  python -m curation.train_on_clean clean_export/ --init model.safetensors --out runs/ft2 --max-steps 20000
+  python -m curation.train_on_clean work --init ir101.ckpt --out runs/ft3 --config recipe.toml --lr 1e-5
+  python -m curation.train_on_clean --out runs/ft1 --resume            # continue after a crash or Ctrl-C
+  python -m curation.train_on_clean work --init random --arch ir_18 --out runs/smoke --max-steps 50 --device cpu
+
+DATA is a work folder (labels.sqlite: trains on the labels as reviewed, exactly what `labels.export` would write) or a
+dataset folder such as an export (ingested into RUN/work first). Precedence: defaults (the reference recipe) < --config
+file (TOML or YAML, same option names) < flags. The resolved config is printed and saved as RUN/config.json.
+
+RUN gets performance_history.json (one record per validation: step, lr, train loss, EER and its threshold, the
+organisers' EER, accuracy at the fixed threshold, error rates per pair type), last.pt and best.pt (load them with
+embeddings.load_backbone, or pass them to --init / --model ir:<arch>:<file>), checkpoints/ (the best by EER) and state/
+(what --resume needs)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m curation.train_on_clean",
+        description="Fine-tune an IR face backbone on cleaned labels: same-person / different-person / own-deepfake "
+        "pairs, adaptive-margin loss, validation by EER with errors per pair type.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("data", nargs="?", metavar="DATA", help="work folder (labels.sqlite) or dataset folder")
+    parser.add_argument("--init", metavar="CKPT", help="pretrained backbone checkpoint, or 'random' (warns)")
+    parser.add_argument("--out", metavar="RUN", help="run folder (created)")
+    parser.add_argument("--config", metavar="FILE", help="TOML or YAML file of options")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for name, text in _HELP.items():
+        flag = "--" + name.replace("_", "-")
+        if name in ("flip", "aligned"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        elif name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[name], help=text)
+        else:
+            parser.add_argument(flag, metavar=hints[name].split(" ")[0].upper(), help=text)
+    return parser
+
+
+def _resolve(args: dict) -> tuple[TrainConfig, bool]:
+    """(config, resume) from parsed arguments; a resumed run starts from its saved config.json."""
+    resume = bool(args.pop("resume", False))
+    args.pop("quiet", None)
+    config_file = args.pop("config", None)
+    file_values = load_config_file(config_file) if config_file else {}
+    base = None
+    if resume:
+        out = args.get("out") or file_values.get("out")
+        if not out:
+            raise ConfigError("--resume needs --out RUN (the run folder to continue)")
+        saved = RunFolder(out).config
+        if not saved.exists():
+            raise ConfigError(f"{saved}: not found; there is no run to resume in {out}")
+        try:
+            base = json.loads(saved.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{saved}: unreadable ({exc})") from None
+    cfg = resolve_config(base=base, file_values=file_values, cli_values=args)
+    if base is not None:
+        def same(key: str, a, b) -> bool:
+            if key in ("data", "val_data") and a and b:
+                return Path(a).resolve() == Path(b).resolve()
+            return a == b
+
+        changed = [k for k in DATA_ORDER_KEYS if not same(k, getattr(cfg, k), base.get(k))]
+        if changed:
+            raise ConfigError(
+                f"--resume cannot change {', '.join(changed)}: they decide the data order of the run in {cfg.out}"
+                " (start a new run with another --out instead)"
+            )
+    for name, what in (("data", "DATA (a work folder or dataset folder)"), ("out", "--out RUN"), ("init", "--init")):
+        if not getattr(cfg, name):
+            raise ConfigError(f"missing {what}" + (" (a checkpoint, or 'random')" if name == "init" else ""))
+    return cfg, resume
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    quiet = bool(args.get("quiet", False))
+    try:
+        cfg, resume = _resolve(args)
+        print("configuration:\n" + "\n".join(f"  {k} = {v!r}" for k, v in cfg.to_dict().items()))
+        result = train(cfg, resume=resume, progress=not quiet)
+    except (ConfigError, TrainError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: `python -m curation.train_on_clean --out {args.get('out', 'RUN')} --resume` continues from the last "
+              "save", file=sys.stderr)
+        return 130
+    print(_summary(result))
+    return 0
+
+
+def _summary(result: TrainResult) -> str:
+    lines = [f"ran {len(result.steps)} step(s); run folder {result.run}"]
+    if result.history:
+        first, last = result.history[0], result.history[-1]
+        lines.append(f"validation EER: {first['eer']:.4f} at step {first['step']} -> {last['eer']:.4f} at step "
+                     f"{last['step']}")
+    if result.best is not None:
+        lines.append(f"best: EER {result.best.eer:.4f} at step {result.best.step} -> {result.run / 'best.pt'}")
+    lines.append(f"history: {result.run / 'performance_history.json'}; last: {result.run / 'last.pt'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
