@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS flags(
     created TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS flags_status_kind ON flags(status, kind);
+CREATE INDEX IF NOT EXISTS flags_open_by_identity ON flags(status, identity, kind, score);  -- the review queue, covered
 CREATE INDEX IF NOT EXISTS flags_identity ON flags(identity);
 CREATE INDEX IF NOT EXISTS flags_image ON flags(image_id);
 

@@ -1,0 +1,253 @@
+"""What every page of the review app shares: the session (work folder, store, reviewer), cached loaders, the URL state,
+thumbnails, messages and the history panel. Logic lives in curation.review; this module only wires it to Streamlit.
+
+Why the URL holds the state (view, identity, queue rank and filter, reviewer): a browser refresh or a server restart
+starts a new Streamlit session, and the reviewer must land where they were. The store's meta keeps the same position
+per reviewer, for a reviewer who opens the app fresh.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from streamlit import config as st_config
+
+from curation import review as rv
+from labels.store import LabelStore
+from labels.vocab import FLAG_KINDS
+
+VIEWS = ("Overview", "Queue", "Identity", "Search", "Export", "Training", "Evaluation")
+LANDING = "Queue"  # where a reviewer without a saved position starts: the work
+URL_KEYS = ("view", "identity", "rank", "kinds", "qpage", "reviewer")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Arguments after `--` on the streamlit command line. Raises SystemExit(message) with the usage on bad input."""
+    parser = argparse.ArgumentParser(
+        prog="streamlit run app.py --",
+        description="Review the flags of the last clean and record decisions in the label store.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              streamlit run app.py -- --workdir WORK
+              streamlit run app.py --server.port 8600 -- --workdir /data/work
+              FACECUR_WORKDIR=WORK streamlit run app.py
+            """
+        ),
+        exit_on_error=False,
+        add_help=False,
+    )
+    parser.add_argument("--workdir", default=os.environ.get("FACECUR_WORKDIR"), help="the work folder of a clean")
+    parser.add_argument("-h", "--help", action="store_true")
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as exc:
+        raise SystemExit(f"{exc}\n\n{parser.format_help()}") from exc
+    if args.help or unknown or not args.workdir:
+        problem = f"unknown argument(s): {' '.join(unknown)}\n\n" if unknown else ""
+        problem += "" if args.workdir or args.help else "no work folder given\n\n"
+        raise SystemExit(problem + parser.format_help())
+    return args
+
+
+def check_listening() -> None:
+    """Refuse to serve when Streamlit listens on every interface only because no config said otherwise."""
+    address = st_config.get_option("server.address")
+    if address in (None, "", "0.0.0.0", "::") and st_config.get_where_defined("server.address") == "<default>":
+        st.error(
+            "This server listens on every network interface because it was started without the project's "
+            "`.streamlit/config.toml`. Start it from the repository's root, or pass `--server.address 127.0.0.1` "
+            "(or another address, deliberately)."
+        )
+        st.stop()
+
+
+@dataclass
+class Session:
+    """One browser session: the work folder, its own store connection and the reviewer's name."""
+
+    work: rv.WorkFolder
+    store: LabelStore
+    reviewer: str
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _clean(root: str, version: tuple) -> rv.CleanResult | None:
+    """nodes.parquet + memory-mapped embeddings, loaded once per clean and shared by every session."""
+    return rv.load_clean(rv.WorkFolder(Path(root)))
+
+
+def clean(work: rv.WorkFolder) -> rv.CleanResult | None:
+    return _clean(str(work.root), rv.clean_version(work))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _report(root: str, version: tuple) -> dict:
+    return rv.read_report(rv.WorkFolder(Path(root)))
+
+
+def report(work: rv.WorkFolder) -> dict:
+    """report.json, parsed once per clean (a report with per-identity noise rates can be megabytes)."""
+    return _report(str(work.root), rv.clean_version(work))
+
+
+@st.cache_resource(show_spinner=False)
+def _queues(root: str) -> dict:
+    """The latest queue snapshot per filter, shared by sessions; each rerun brings it up to date incrementally."""
+    return {}
+
+
+def queue(sess: Session, kinds: tuple[str, ...]) -> rv.QueueSnapshot:
+    holder = _queues(str(sess.work.root))
+    summary = rv.summarize_report(report(sess.work))
+    snap = rv.queue_snapshot(sess.store, summary, kinds=kinds or None, previous=holder.get(kinds))
+    holder[kinds] = snap
+    return snap
+
+
+@st.cache_data(show_spinner=False, max_entries=20_000)
+def _thumbnail(path: str, mtime_ns: int, roots: tuple[str, ...], size: int) -> tuple[bytes, str | None]:
+    """Cached by path and modification time, so an edited file is shown fresh and a re-shown one costs nothing."""
+    thumb = rv.load_thumbnail(path, [Path(r) for r in roots], size=size)
+    return thumb.data, thumb.reason
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _placeholder(reason: str, size: int) -> bytes:
+    return rv.placeholder(reason, size).data
+
+
+def thumbnail(sess: Session, photo, size: int = 160) -> tuple[bytes, str | None]:
+    """Thumbnail bytes of a photo row (from the store, by id) and why it is a placeholder, if it is one."""
+    path, reason = rv.photo_source(sess.store, sess.work, photo, rv.crop_align_id(report(sess.work)))
+    if path is None:
+        return _placeholder(reason, size), reason
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = -1  # missing: load_thumbnail names the reason
+    roots = tuple(str(r) for r in rv.allowed_roots(sess.store, sess.work))
+    return _thumbnail(str(path), mtime, roots, size)
+
+
+# ---- URL and position -----------------------------------------------------------------------------------------------
+def restore_state() -> None:
+    """Seed session state from the URL once per session (a reload lands where the reviewer was)."""
+    if st.session_state.get("_restored"):
+        return
+    qp = st.query_params
+    if qp.get("reviewer"):
+        st.session_state.reviewer = qp["reviewer"]
+    if qp.get("view") in VIEWS:
+        st.session_state.nav = qp["view"]
+    if qp.get("identity"):
+        st.session_state.identity = qp["identity"]
+    st.session_state.rank = _int(qp.get("rank"), 0)
+    st.session_state.queue_offset = _int(qp.get("qpage"), 0)
+    kinds = [k for k in (qp.get("kinds") or "").split(",") if k in FLAG_KINDS]
+    st.session_state.queue_kinds = kinds
+    st.session_state._restored = True
+
+
+def restore_position(store: LabelStore, reviewer: str) -> None:
+    """A reviewer who opens the app without a position in the URL resumes at the one saved in the store."""
+    if st.query_params.get("view"):
+        return
+    pos = rv.load_position(store, reviewer)
+    if pos.get("view") in VIEWS:
+        st.session_state.nav = pos["view"]
+    if pos.get("identity"):
+        st.session_state.identity = pos["identity"]
+    st.session_state.rank = _int(pos.get("rank"), 0)
+    st.session_state.queue_offset = _int(pos.get("qpage"), 0)
+    st.session_state.queue_kinds = [k for k in pos.get("kinds", []) if k in FLAG_KINDS]
+
+
+def _int(value, default: int) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def sync_position(sess: Session) -> None:
+    """Write the current position into the URL and, when it changed, into the store for this reviewer."""
+    pos = {
+        "view": st.session_state.get("nav", LANDING),
+        "identity": st.session_state.get("identity") or "",
+        "rank": int(st.session_state.get("rank", 0)),
+        "qpage": int(st.session_state.get("queue_offset", 0)),
+        "kinds": list(st.session_state.get("queue_kinds", [])),
+    }
+    url = {k: str(v) for k, v in pos.items() if k != "kinds" and v not in ("", None)}
+    if pos["kinds"]:
+        url["kinds"] = ",".join(pos["kinds"])
+    url["reviewer"] = sess.reviewer
+    if dict(st.query_params) != url:
+        st.query_params.from_dict(url)
+    if st.session_state.get("_saved_position") != pos:
+        rv.save_position(sess.store, sess.reviewer, pos)
+        st.session_state._saved_position = pos
+
+
+def open_identity(name: str, rank: int = 0) -> None:
+    """Callback for 'open' buttons: switch to the identity page on `name`."""
+    st.session_state.identity = name
+    st.session_state.rank = rank
+    st.session_state.nav = "Identity"
+
+
+# ---- messages and actions -------------------------------------------------------------------------------------------
+def flash(level: str, text: str) -> None:
+    """Queue a message for the next run (callbacks run before the page is drawn)."""
+    st.session_state.setdefault("_flash", []).append((level, text))
+
+
+def show_flash() -> None:
+    for level, text in st.session_state.pop("_flash", []):
+        getattr(st, level)(text)
+
+
+def act(sess: Session, action: str, **kwargs) -> None:
+    """Button callback: one decision through curation.review, its outcome (or refusal) flashed on the next run."""
+    try:
+        out = rv.apply_action(sess.store, action, reviewer=sess.reviewer, **kwargs)
+    except rv.ReviewError as exc:
+        flash("error", f"Not recorded: {exc}")
+        return
+    flash("success", out.message)
+    for key in [k for k in st.session_state if str(k).startswith("pick_")]:
+        st.session_state[key] = False  # the selection was acted on
+
+
+def undo(sess: Session, decision_id: int) -> None:
+    try:
+        out = rv.undo_decision(sess.store, decision_id, reviewer=sess.reviewer)
+    except rv.ReviewError as exc:
+        flash("error", f"Not undone: {exc}")
+        return
+    flash("success", out.message)
+
+
+def history_panel(sess: Session, *, identity: str | None = None, limit: int = 10, where=None) -> None:
+    """Recent decisions (all, or on one identity), newest first, each with an undo button."""
+    where = where or st
+    lines = rv.history_lines(sess.store, limit=limit, identity=identity)
+    if not lines:
+        where.caption("No decisions yet.")
+    prefix = "hundo" if identity else "undo"
+    for line in lines:
+        where.caption(line["text"])
+        if line["undoable"]:
+            where.button("Undo", key=f"{prefix}_{line['id']}", on_click=undo, args=(sess, line["id"]), type="tertiary",
+                         icon=":material/undo:", help=f"Reverse decision #{line['id']}")
+
+
+def error_page(message: str) -> None:
+    st.error(message)
+    st.stop()

@@ -1,0 +1,258 @@
+"""The review app driven by Streamlit's own test harness (AppTest) on a real work folder built from ../shared photos."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from labels.store import LabelStore
+from tests.review_workdir import FAKE, OUTLIER, build_workdir
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, glint_dir, models_dir) -> Path:
+    return build_workdir(glint_dir, models_dir / "mobilefacenet.onnx", tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture
+def work(built, tmp_path, monkeypatch) -> Path:
+    shutil.copytree(built, tmp_path / "work")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--workdir", str(tmp_path / "work")])
+    return tmp_path / "work"
+
+
+def app(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(query)
+    return at.run()
+
+
+def ids(work: Path, *paths: str) -> list[int]:
+    with LabelStore.open(work) as store:
+        found = store.image_ids(list(paths))
+    return [found[p] for p in paths]
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.success]
+    return "\n".join(parts + [e.value for e in at.error] + [i.value for i in at.info])
+
+
+def test_reviewer_is_asked_once_and_the_queue_lists_flagged_identities(work):
+    at = app()
+    assert not at.exception and at.text_input(key="reviewer_input").label == "Reviewer name"
+    at.text_input(key="reviewer_input").input("ana")
+    at.button(key="reviewer_start").click().run()
+    assert not at.exception and at.query_params["reviewer"] == "ana"  # a reload keeps the name
+    assert at.sidebar.radio[0].value == "Queue"
+    body = texts(at)
+    assert "**3** identities to review" in body
+    for name in ("Hugh Laurie", "Jennifer A", "Halle Berry"):
+        assert f"**{name}**" in body
+    assert "1 outlier, 1 fake_mismatch" in body
+    at.multiselect(key="queue_kinds").set_value(["unreadable"]).run()
+    assert "**1** identities to review" in texts(at) and "**Hugh Laurie**" not in texts(at)
+    at.sidebar.button(key="reviewer_change").click().run()
+    assert at.text_input(key="reviewer_input") and "reviewer" not in at.query_params
+
+
+def test_a_decision_is_written_at_once_shown_in_history_and_undone(work):
+    outlier, = ids(work, OUTLIER)
+    at = app(reviewer="ana", view="Identity", identity="Hugh Laurie")
+    assert not at.exception
+    body = texts(at)
+    assert ":red[**outlier**] → Barack Obama" in body and ":red[**fake_mismatch**]" in body
+    assert "Isolated photos (no edge to any other photo) (2)" in [h.value for h in at.subheader][1]
+    assert len(at.get("plotly_chart")) == 1  # the heatmap
+    at.button(key=f"rm_{outlier}").click().run()
+    assert not at.exception
+    assert at.success[0].value.endswith("removed 1 photo(s)")
+    with LabelStore.open(work) as store:  # written at once, with the reviewer's name
+        assert store.images(ids=[outlier]).removed.item() == 1
+        decision = store.history(limit=1)[0]
+        assert (decision.reviewer, decision.action, decision.image_ids) == ("ana", "remove", (outlier,))
+    assert any(h.value.startswith("Removed") for h in at.subheader)
+    at.sidebar.button(key=f"undo_{decision.id}").click().run()
+    assert not at.exception and f"undid #{decision.id}" in at.success[0].value
+    with LabelStore.open(work) as store:
+        assert store.images(ids=[outlier]).removed.item() == 0
+        assert store.flags(image_ids=[outlier]).status.item() == "open"
+
+
+def test_position_is_restored_for_the_reviewer_in_a_new_session(work):
+    at = app(reviewer="ana", view="Queue")
+    at.button(key="open_1").click().run()
+    second = at.session_state["identity"]
+    assert at.query_params["identity"] == second
+    fresh = app()  # a new browser session without the URL: asks the name, then resumes there
+    fresh.text_input(key="reviewer_input").input("ana")
+    fresh.button(key="reviewer_start").click().run()
+    assert fresh.sidebar.radio[0].value == "Identity" and fresh.session_state["identity"] == second
+    other = app()
+    other.text_input(key="reviewer_input").input("bo")
+    other.button(key="reviewer_start").click().run()
+    assert other.sidebar.radio[0].value == "Queue"  # bo has no saved position: the queue
+
+
+def test_next_identity_and_selection_actions(work):
+    outlier, fake = ids(work, OUTLIER, FAKE)
+    at = app(reviewer="ana", view="Identity", identity="Hugh Laurie", rank="0")
+    at.checkbox(key=f"pick_{fake}").check().run()
+    assert "**1 selected**" in texts(at)
+    at.button(key="sel_fake").click().run()
+    assert "Not recorded: nothing to change" in at.error[0].value  # it is a deepfake already
+    assert at.checkbox(key=f"pick_{fake}").value  # a refused action keeps the selection
+    at.checkbox(key=f"pick_{fake}").uncheck()
+    at.checkbox(key=f"pick_{outlier}").check().run()
+    at.text_input(key="move_text").input("barack").run()
+    assert at.selectbox(key="move_choice").options == ["Barack Obama", "barack (new)"]
+    at.button(key="move_typed").click().run()
+    assert not at.error, at.error[0].value
+    assert "moved 1 photo(s) to Barack Obama" in at.success[0].value
+    assert not at.session_state[f"pick_{outlier}"]  # the selection is cleared after an action
+    with LabelStore.open(work) as store:
+        assert store.images(ids=[outlier]).identity.item() == "Barack Obama"
+    at.button(key="next_identity").click().run()
+    assert at.session_state["identity"] != "Hugh Laurie" and at.session_state["nav"] == "Identity"
+
+
+def test_merge_proposal_shows_both_sides_and_merges(work):
+    at = app(reviewer="ana", view="Identity", identity="Jennifer A")
+    assert "merge proposed" in texts(at) and "Jennifer Aniston: 3 photos" in texts(at)
+    with LabelStore.open(work) as store:
+        flag = int(store.flags(kind="merge").id.item())
+    at.button(key=f"merge_into_{flag}").click().run()
+    assert "merged Jennifer A into Jennifer Aniston" in at.success[0].value
+    assert "no photos are labelled 'Jennifer A'" in at.error[0].value  # the page now says where they went
+    with LabelStore.open(work) as store:
+        assert len(store.images(identity="Jennifer Aniston")) == 6
+
+
+def test_split_a_component_off(work):
+    at = app(reviewer="ana", view="Identity", identity="Hugh Laurie")
+    assert at.text_input(key="split_name_-1").value == "Hugh Laurie_split-1"
+    at.text_input(key="split_name_-1").input("Hugh Laurie lookalikes")
+    at.button(key="split_-1").click().run()
+    assert "split 2 photo(s) off Hugh Laurie into Hugh Laurie lookalikes" in at.success[0].value
+    with LabelStore.open(work) as store:
+        assert len(store.images(identity="Hugh Laurie lookalikes")) == 2
+
+
+def test_unreadable_photo_shows_a_placeholder_with_the_reason(work):
+    at = app(reviewer="ana", view="Identity", identity="Halle Berry")
+    assert not at.exception
+    assert ":warning: cannot show: not an image" in texts(at)
+    with LabelStore.open(work) as store:
+        (store.dataset_root / "Halle Berry" / "2071.png").unlink()  # a photo deleted since ingest
+    at = app(reviewer="ana", view="Identity", identity="Halle Berry")
+    assert not at.exception and "cannot show: cannot read file" in texts(at)
+
+
+def test_other_pages_render_and_explain_empty_states(work):
+    at = app(reviewer="ana", view="Overview")
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+    assert [m.value for m in at.get("metric")][:2] == ["27", "5"]
+    at.sidebar.radio[0].set_value("Training").run()
+    assert "python -m curation.train_on_clean" in texts(at)
+    at.sidebar.radio[0].set_value("Evaluation").run()
+    assert "python -m curation.evaluate" in texts(at)
+    at.text_input(key="eval_folder").input("/etc").run()
+    assert "outside the work folder" in at.error[0].value
+    at.sidebar.radio[0].set_value("Search").run()
+    at.text_input(key="search_text").input("planted").run()
+    at.button(key="search_open_0").click().run()
+    assert at.session_state["identity"] == "Hugh Laurie" and at.sidebar.radio[0].value == "Identity"
+
+
+def test_training_and_evaluation_tabs_plot_runs(work):
+    from curation.evaluate import evaluate_scores
+    from curation.metrics import verification_report
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(100), np.zeros(200)]
+    types = np.r_[["same"] * 100, ["different"] * 100, ["own_fake"] * 100]
+    records = [{"step": s, "lr": 1e-5, "train_loss": 1 / s, **verification_report(rng.normal(0, 1, 300) + labels,
+                                                                                labels, types).to_dict()}
+               for s in (100, 200)]
+    (work / "runs" / "r1").mkdir(parents=True)
+    (work / "runs" / "r1" / "performance_history.json").write_text(json.dumps(records))
+    evaluate_scores(rng.normal(0, 1, 300) + labels, labels, work / "eval" / "e1", types=types)
+    at = app(reviewer="ana", view="Training")
+    assert not at.exception and len(at.get("plotly_chart")) == 3
+    at.sidebar.radio[0].set_value("Evaluation").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 4  # ROC, DET, per type, scores
+
+
+def test_export_page_runs_the_export(work):
+    at = app(reviewer="ana", view="Export")
+    at.selectbox(key="export_format").set_value("csv")
+    at.radio(key="export_unreviewed").set_value("apply")
+    at.button(key="export_run").click().run()
+    assert not at.exception, at.exception
+    assert at.success[0].value.startswith("Exported ") and (work / "export" / "labels.csv").is_file()
+    assert "unreviewed flags: applied" in at.code[0].value
+    at.text_input(key="export_out").input("/tmp/elsewhere")
+    at.button(key="export_run").click().run()
+    assert "outside the work folder" in at.error[0].value
+
+
+def test_bad_start_is_explained(work, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = app()
+    assert "no work folder given" in at.code[0].value and "--workdir WORK" in at.code[0].value
+    monkeypatch.setattr(sys, "argv", ["app.py", "--workdir", str(tmp_path / "nothing")])
+    at = app()
+    assert "python -m curation.clean" in at.error[0].value
+
+
+@pytest.fixture(scope="module")
+def cleaned(tmp_path_factory, glint_dir) -> Path:
+    """A work folder written by the real `python -m curation.clean` (dlib, pre-aligned photos) on a few identities."""
+    from tests.review_workdir import build_dataset
+
+    root = tmp_path_factory.mktemp("cleaned")
+    build_dataset(glint_dir, root / "data", per_identity=8)
+    done = subprocess.run(
+        [sys.executable, "-m", "curation.clean", str(root / "data"), "--workdir", str(root / "work"), "--model", "dlib",
+         "--aligned", "--workers", "0", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return root / "work"
+
+
+def test_work_folder_from_the_real_clean(cleaned, tmp_path, monkeypatch):
+    from curation import review as rv
+
+    work = tmp_path / "work"
+    shutil.copytree(cleaned, work)
+    monkeypatch.setattr(sys, "argv", ["app.py", "--workdir", str(work)])
+    outlier, = ids(work, OUTLIER)
+    at = app(reviewer="ana", view="Queue")
+    body = texts(at)
+    assert not at.exception and "**Hugh Laurie**" in body and "**Jennifer A**" in body  # outliers, the merge
+    at = app(reviewer="ana", view="Identity", identity="Hugh Laurie")
+    assert ":red[**outlier**] → Barack Obama" in texts(at)
+    assert len(at.get("plotly_chart")) == 1
+    with LabelStore.open(work) as store:  # thumbnails are the aligned crops the clean cached
+        photo = store.images(ids=[outlier]).iloc[0]
+        source, _ = rv.photo_source(store, rv.WorkFolder(work), photo, rv.crop_align_id(rv.read_report(rv.WorkFolder(work))))
+        assert source.is_relative_to(work / "cache" / "crops")
+    at.button(key=f"mv_{outlier}").click().run()
+    assert "moved 1 photo(s) to Barack Obama" in at.success[0].value
+    with LabelStore.open(work) as store:
+        assert store.images(ids=[outlier]).identity.item() == "Barack Obama"
+        decision = store.history(limit=1)[0]
+    at.sidebar.button(key=f"undo_{decision.id}").click().run()
+    with LabelStore.open(work) as store:
+        assert store.images(ids=[outlier]).identity.item() == "Hugh Laurie"
+        assert store.flags(image_ids=[outlier]).status.tolist() == ["open"]

@@ -1,0 +1,121 @@
+"""The review app in a real browser: a real `streamlit run` server on a free localhost port, Debian's headless Chromium
+driven by selenium. Enter a reviewer name, make a decision, reload, and see it persisted in the page and the store.
+
+Skips (saying why) only when Chromium or its driver is not installed; test.sh installs both with apt-get.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labels.store import LabelStore
+from tests.review_workdir import OUTLIER, build_workdir
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, glint_dir, models_dir):
+    """A work folder and a `streamlit run app.py` serving it; yields (url, work)."""
+    work = build_workdir(glint_dir, models_dir / "mobilefacenet.onnx", tmp_path)
+    port = free_port()
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--", "--workdir", str(work)],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url, work
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER} not found): "
+                    "apt-get install -y chromium chromium-driver (test.sh does this when run as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,2000", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_decision_in_the_browser_survives_a_reload(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, work = server
+    with LabelStore.open(work) as store:
+        outlier = store.image_ids([OUTLIER])[OUTLIER]
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+
+    def click(css: str) -> None:
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
+
+    def page_text() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
+
+    browser.get(url)
+    name = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, ".st-key-reviewer_input input")))
+    name.send_keys("ana")
+    click(".st-key-reviewer_start button")
+    click(".st-key-open_0 button")  # a reviewer lands on the queue  # the identity most worth a review: Hugh Laurie
+    click(f".st-key-rm_{outlier} button")
+    wait.until(lambda d: "removed 1 photo(s)" in page_text())
+    with LabelStore.open(work) as store:  # written at once, by the server, with the reviewer's name
+        assert store.images(ids=[outlier]).removed.item() == 1
+        assert [(d.reviewer, d.action) for d in store.history()] == [("ana", "remove")]
+
+    browser.refresh()  # a new session: the URL brings back the reviewer and the identity, the store the decision
+    wait.until(lambda d: "Removed (1)" in page_text() and "ana: remove 1 photo(s)" in page_text())
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f".st-key-restore_{outlier} button")))
+    text = page_text()
+    assert "Hugh Laurie" in text and "Reviewer name" not in text
+    shot = tmp_path / "review_app.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
