@@ -90,4 +90,7 @@ def main() -> None:
     common.sync_position(sess)
 
 
-main()
+# Streamlit runs this file as __main__; anything else importing it (a multiprocessing "spawn" child re-importing the
+# parent's main module, a test) must not start the app.
+if __name__ == "__main__":
+    main()
