@@ -9,6 +9,12 @@ Modes:
 - `--scores SUBMISSION.csv --truth TRUTH.csv --out DIR`: `pair_id,similarity` against `pair_id,label[,type]`, joined by
   pair_id. The organisers' scorer paired rows by *position*; when the submission's order differs from the truth's, this
   command says so (the challenge would have scored that file wrongly) and still scores it by pair_id.
+- `--pairs PAIRS.csv --model SPEC --root DIR --out DIR`: a model on labelled image pairs (`img1,img2,label[,type]`,
+  paths relative to --root, refused when they leave it). Each distinct image is aligned and embedded once through the
+  cached embedding pass, pairs are scored by cosine (`curation.predict.score_pairs`, the scoring `curation.predict`
+  uses). Pairs with an image that could not be embedded (missing, unreadable, no face found) are *excluded* from the
+  metrics: they are counted, the first few named, all listed in DIR/excluded_pairs.csv and counted in metrics.json's
+  source. (A submission would give them a fallback score; here that would measure the fallback, not the model.)
 - `--compare RUN ...`: one table of several runs' metrics (folders holding metrics.json, or training run folders holding
   performance_history.json, whose best validation is used unless `--pick last`).
 
@@ -49,6 +55,13 @@ EPILOG = """examples:
   # the same, reporting accuracy and per-type rates at a threshold chosen on validation data
   python -m curation.evaluate --scores submission.csv --truth truth.csv --out eval/s1 --threshold 0.23
 
+  # a model on labelled pairs (img1,img2,label[,type], paths relative to --root): embeds each image once (cached)
+  python -m curation.evaluate --pairs pairs.csv --root photos --model ir:ir_101:adaface.ckpt --out eval/pretrained
+
+  # the same with an exported ONNX model on photos that already are ArcFace-template crops, sharing a cache
+  python -m curation.evaluate --pairs val.csv --root crops --model onnx:ir101.onnx --aligned --out eval/onnx \\
+      --cache work/cache
+
   # one table of several runs: evaluation folders (metrics.json) and training runs (performance_history.json)
   python -m curation.evaluate --compare eval/pretrained eval/finetuned runs/noisy runs/cleaned
 
@@ -56,7 +69,9 @@ EPILOG = """examples:
   python -m curation.evaluate --compare eval/pretrained eval/finetuned --out eval/comparison
 
 files: SUBMISSION.csv has columns pair_id,similarity (higher = same person); TRUTH.csv has pair_id,label (1 same person,
-0 not) and optionally type (e.g. same, different, own_fake). Other columns are ignored. Exit code 2 means bad input.
+0 not) and optionally type (e.g. same, different, own_fake). PAIRS.csv has img1,img2,label[,type]; pairs whose image
+cannot be embedded (missing, unreadable, no face) are left out of the metrics, named in the summary and listed in
+DIR/excluded_pairs.csv. Other columns are ignored. Exit code 2 means bad input.
 """
 
 
@@ -142,9 +157,9 @@ def evaluate_scores(
 # ---------------------------------------------------------------------------------------------------------- reading
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """All columns as stripped text, with the `required` columns and unique, non-empty pair_ids; InputError naming the
-    file and the reason otherwise."""
+def read_csv_table(path: Path, required: tuple[str, ...], *, id_column: str | None = "pair_id") -> pd.DataFrame:
+    """All columns as stripped text, with the `required` columns and (unless id_column is None) unique, non-empty ids;
+    InputError naming the file and the reason otherwise."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except FileNotFoundError:
@@ -167,23 +182,29 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise InputError(f"{path}: no rows after the header")
     for c in df.columns:
         df[c] = df[c].str.strip()
-    ids = df["pair_id"]
+    if id_column is None:
+        return df
+    ids = df[id_column]
     if (ids == "").any():
-        raise InputError(f"{path}: empty pair_id in {int((ids == '').sum())} row(s), first at {_where(df, ids == '')}")
+        raise InputError(
+            f"{path}: empty {id_column} in {int((ids == '').sum())} row(s), first at {_where(df, ids == '')}"
+        )
     dup = ids.duplicated(keep=False)
     if dup.any():
         first = ids[dup].iloc[0]
         raise InputError(
-            f"{path}: {ids[dup].nunique()} pair_id(s) appear more than once, e.g. {first!r} at rows "
+            f"{path}: {ids[dup].nunique()} {id_column}(s) appear more than once, e.g. {first!r} at rows "
             f"{', '.join(str(i + 1) for i in np.flatnonzero(ids == first)[:5])}"
         )
     return df
 
 
 def _where(df: pd.DataFrame, mask) -> str:
-    """'row N (pair_id X)' for the first row where the boolean mask holds; rows count from 1 after the header."""
+    """'row N (pair_id X)' for the first row where the boolean mask holds; rows count from 1 after the header.
+    Tables without pair_ids (pairs of images) are named by their img1."""
     i = int(np.argmax(np.asarray(mask)))
-    return f"row {i + 1} (pair_id {df['pair_id'].iloc[i]!r})"
+    column = "pair_id" if "pair_id" in df.columns else "img1"
+    return f"row {i + 1} ({column} {df[column].iloc[i]!r})"
 
 
 def _numbers(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -205,19 +226,24 @@ def _numbers(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 
 def read_submission(path: Path) -> pd.DataFrame:
     """`pair_id` (text, as written: leading zeros kept) and `similarity` (finite float); InputError otherwise."""
-    df = _read_csv(path, ("pair_id", "similarity"))
+    df = read_csv_table(path, ("pair_id", "similarity"))
     return pd.DataFrame({"pair_id": df["pair_id"], "similarity": _numbers(df, "similarity", path)})
 
 
 def read_truth(path: Path) -> pd.DataFrame:
     """`pair_id`, `label` (0/1 int) and, when the file has one, `type` (non-empty text); InputError otherwise."""
-    df = _read_csv(path, ("pair_id", "label"))
+    df = read_csv_table(path, ("pair_id", "label"))
+    return pd.concat([df[["pair_id"]], read_labels(df, path)], axis=1)
+
+
+def read_labels(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """`label` (0/1 int8) and, when the table has one, `type` (non-empty text) of a table read by read_csv_table."""
     labels = _numbers(df, "label", path)
     wrong = (labels != 0) & (labels != 1)
     if wrong.any():
         raise InputError(f"{path}: label must be 0 or 1, found {df['label'].iloc[int(np.argmax(wrong))]!r} at "
                          f"{_where(df, wrong)} ({int(wrong.sum())} such row(s))")
-    out = pd.DataFrame({"pair_id": df["pair_id"], "label": labels.astype(np.int8)})
+    out = pd.DataFrame({"label": labels.astype(np.int8)})
     if "type" in df.columns:
         empty = df["type"] == ""
         if empty.any():
@@ -389,33 +415,52 @@ def format_table(table: pd.DataFrame, markdown: bool = False) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from curation.predict import add_embedding_options  # imports torch: not at module level (and predict imports us)
+
     p = argparse.ArgumentParser(
         prog="python -m curation.evaluate",
-        description="Score a submission against ground truth (EER in the bob.measure and the organisers' conventions, "
-        "TAR@FAR, per-type error rates, ROC/DET plots), or compare several runs in one table.",
+        description="Score a submission against ground truth, or a model on labelled image pairs (EER in the "
+        "bob.measure and the organisers' conventions, TAR@FAR, per-type error rates, ROC/DET plots), or compare "
+        "several runs in one table.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--scores", type=Path, metavar="SUBMISSION.csv",
                       help="pair_id,similarity to score (needs --truth and --out)")
+    mode.add_argument("--pairs", type=Path, metavar="PAIRS.csv",
+                      help="img1,img2,label[,type] to score with --model (needs --out; paths relative to --root)")
     mode.add_argument("--compare", type=Path, nargs="+", metavar="RUN",
                       help="evaluation folders (metrics.json) or training run folders (performance_history.json)")
     p.add_argument("--truth", type=Path, metavar="TRUTH.csv", help="pair_id,label[,type] for --scores")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="where to write (required with --scores; with --compare: compare.csv/.md and overlaid plots)")
+    p.add_argument("--root", type=Path, metavar="DIR",
+                   help="the folder --pairs' image paths are relative to (default: the CSV's folder)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="where to write (required with --scores and --pairs; with "
+                   "--compare: compare.csv/.md and overlaid plots)")
     p.add_argument("--threshold", type=float,
                    help="operating threshold for accuracy and per-type rates (default: the EER threshold)")
     p.add_argument("--pick", choices=("best", "last"), default="best",
                    help="which validation of a training run to compare (default: best, the lowest eer)")
+    add_embedding_options(p, "DIR/cache inside --out")
     return p
+
+
+def _check_threshold(args) -> None:
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise InputError(f"--threshold must be a finite number, got {args.threshold}")
+
+
+def _print_evaluation(out: EvaluationOutput) -> None:
+    print(out.report.describe())
+    print(f"wrote {', '.join(str(f) for f in out.files)}")
+    for note in out.notes:
+        print(f"note: {note}")
 
 
 def _run_scores(args) -> int:
     if args.truth is None or args.out is None:
         raise InputError("--scores needs --truth TRUTH.csv and --out DIR")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        raise InputError(f"--threshold must be a finite number, got {args.threshold}")
+    _check_threshold(args)
     sub = read_submission(args.scores)
     truth = read_truth(args.truth)
     joined, warning = join_by_pair_id(sub, truth, args.scores, args.truth)
@@ -432,10 +477,57 @@ def _run_scores(args) -> int:
     except ValueError as exc:  # e.g. the truth holds only one label
         raise InputError(f"{args.truth}: {exc}") from None
     print(f"scored {args.scores} against {args.truth}")
-    print(out.report.describe())
-    print(f"wrote {', '.join(str(f) for f in out.files)}")
-    for note in out.notes:
-        print(f"note: {note}")
+    _print_evaluation(out)
+    return 0
+
+
+EXCLUDED_NAME = "excluded_pairs.csv"
+EXCLUDED_POLICY = ("pairs with an image that could not be embedded (missing, unreadable, no face found) are excluded "
+                   f"from the metrics and listed in {EXCLUDED_NAME}")
+
+
+def _run_pairs(args) -> int:
+    from curation.predict import build_embedder, check_embedding_options, read_pairs, score_pairs
+    from embeddings.detectors import DetectorError
+
+    if args.out is None:
+        raise InputError("--pairs needs --out DIR")
+    _check_threshold(args)
+    check_embedding_options(args)
+    root = args.root if args.root is not None else args.pairs.parent
+    pairs = read_pairs(args.pairs, root, ("img1", "img2", "label"), id_column=None)
+    labelled = read_labels(pairs, args.pairs)
+    embedder = build_embedder(args.model, args.device)
+    try:
+        scored = score_pairs(root, pairs["img1"], pairs["img2"], embedder, cache_dir=args.cache or args.out / "cache",
+                             detector=args.detector, aligned=args.aligned, batch_size=args.batch_size,
+                             workers=args.workers, progress=not args.no_progress)
+    except DetectorError as exc:  # a bad --detector spec or model file
+        raise InputError(str(exc)) from None
+    print(f"embedding ({scored.cache_id}): {scored.summary}")
+    ok = ~np.isnan(scored.similarity)
+    bad = scored.problems["pair"].to_numpy(np.int64)  # one row per image without an embedding
+    excluded = pd.concat([pairs[["img1", "img2"]].iloc[bad].reset_index(drop=True),
+                          labelled.iloc[bad].reset_index(drop=True), scored.problems[["image", "status"]]], axis=1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with _replacing(args.out / EXCLUDED_NAME) as tmp:
+        excluded.to_csv(tmp, index=False)
+    if not ok.all():
+        print(f"{scored.describe_problems()}: excluded from the metrics, listed in {args.out / EXCLUDED_NAME}")
+    source = {"mode": "pairs", "pairs": str(args.pairs), "root": str(root), "model": args.model,
+              "embedding": scored.cache_id, "n_pairs": len(pairs), "n_excluded": int((~ok).sum()),
+              "excluded_policy": EXCLUDED_POLICY}
+    try:
+        out = evaluate_scores(
+            scored.similarity[ok], labelled["label"].to_numpy()[ok], args.out,
+            types=labelled["type"].to_numpy()[ok] if "type" in labelled else None,
+            ids=pairs.loc[ok, ["img1", "img2"]], threshold=args.threshold, source=source,
+        )
+    except ValueError as exc:  # e.g. only one label among the pairs left
+        raise InputError(f"{args.pairs}: {exc}" + (f" ({int((~ok).sum())} pair(s) excluded)" if not ok.all() else "")
+                         ) from None
+    print(f"scored {int(ok.sum()):,} pairs of {args.pairs} with {args.model}")
+    _print_evaluation(out)
     return 0
 
 
@@ -471,7 +563,13 @@ def _run_compare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run_scores(args) if args.scores is not None else _run_compare(args)
+        if args.scores is not None:
+            return _run_scores(args)
+        return _run_pairs(args) if args.pairs is not None else _run_compare(args)
+    except KeyboardInterrupt:
+        resume = ": run the same command again to resume (finished embeddings are cached)" if args.pairs else ""
+        print(f"interrupted{resume}", file=sys.stderr)
+        return 130
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -481,4 +579,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the main of the module `curation.evaluate`, not of this `__main__` copy: curation.predict raises that module's
+    # InputError, which this copy's `except InputError` would not catch.
+    from curation.evaluate import main as module_main
+
+    sys.exit(module_main())

@@ -1,4 +1,5 @@
-"""`python -m curation.evaluate`: scoring a submission by pair_id, refusing broken files, comparing runs."""
+"""`python -m curation.evaluate`: scoring a submission by pair_id, refusing broken files, a model on labelled image
+pairs, comparing runs."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ import pandas as pd
 import pytest
 
 from curation import evaluate, metrics
+from embeddings.embedders import make_embedder
 from tests.conftest import REPO
+from tests.test_predict import BROKEN, MISSING, independent_similarity, make_test_set
 
 N = 400
 
@@ -149,6 +152,7 @@ def test_cli_process_exit_code_and_no_traceback(files, tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "curation.evaluate", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=120).stdout
     assert "examples:" in help_text and "--compare" in help_text and "--scores" in help_text
+    assert "--pairs" in help_text and "excluded_pairs.csv" in help_text and "--model" in help_text
 
 
 def test_compare_prints_one_table_of_evaluations_and_training_runs(files, tmp_path, capsys):
@@ -193,3 +197,68 @@ def test_compare_prints_one_table_of_evaluations_and_training_runs(files, tmp_pa
 def test_compare_refuses_a_folder_without_metrics(tmp_path, capsys):
     code, _, err = run(["--compare", tmp_path], capsys)
     assert code == 2 and "neither metrics.json nor performance_history.json" in err
+
+
+# ------------------------------------------------------------------------------------- --pairs: a model on image pairs
+
+
+@pytest.fixture()
+def labelled_pairs(glint_dir, tmp_path) -> tuple[Path, pd.DataFrame, Path]:
+    """(root, pairs, PAIRS.csv): the predict tests' glint24 test set labelled img1,img2,label,type; the truncated and
+    the missing image sit in a same-person and a different-person pair."""
+    root = tmp_path / "photos"
+    pairs = make_test_set(glint_dir, root)
+    pairs["label"] = pairs["kind"].isin(["same", BROKEN]).astype(int)
+    pairs["type"] = np.where(pairs["label"] == 1, "same", "different")
+    csv = tmp_path / "pairs.csv"
+    pairs[["img1", "img2", "label", "type"]].to_csv(csv, index=False)
+    return root, pairs, csv
+
+
+def test_pairs_mode_scores_a_model_and_excludes_pairs_it_cannot_embed(labelled_pairs, models_dir, tmp_path, capsys):
+    root, pairs, csv = labelled_pairs
+    model = f"onnx:{models_dir / 'mobilefacenet.onnx'}"
+    code, out, err = run(["--pairs", csv, "--root", root, "--model", model, "--aligned", "--device", "cpu",
+                          "--workers", "0", "--out", tmp_path / "ev", "--no-progress"], capsys)
+    assert code == 0, err
+    good = pairs[~pairs["kind"].isin([BROKEN, MISSING])].reset_index(drop=True)
+    written = pd.read_csv(tmp_path / "ev" / "scores.csv")
+    assert written.columns.tolist() == ["img1", "img2", "similarity", "label", "type"]
+    assert written[["img1", "img2"]].values.tolist() == good[["img1", "img2"]].values.tolist()  # CSV order kept
+    # the cached embeddings are float16: cosines agree to ~1e-3
+    reference = independent_similarity(make_embedder(model, device="cpu"), root, good)
+    np.testing.assert_allclose(written["similarity"], reference, atol=2e-3)
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    expected = metrics.verification_report(written["similarity"], good["label"], good["type"])
+    assert (m["eer"], m["eer_threshold"], m["eer_roc"]) == (expected.eer, expected.eer_threshold, expected.eer_roc)
+    assert (m["n_pos"], m["n_neg"]) == (8, 8) and set(m["per_type"]) == {"same", "different"}
+    assert m["source"]["mode"] == "pairs" and m["source"]["n_pairs"] == 18 and m["source"]["n_excluded"] == 2
+    assert "excluded" in m["source"]["excluded_policy"]
+    excluded = pd.read_csv(tmp_path / "ev" / "excluded_pairs.csv")
+    bad = pairs[pairs["kind"].isin([BROKEN, MISSING])]
+    assert excluded.columns.tolist() == ["img1", "img2", "label", "type", "image", "status"]
+    assert sorted(excluded["image"]) == sorted(bad["img2"]) and excluded["status"].str.startswith("unreadable").all()
+    assert "2 of 18 pair(s)" in out and "excluded from the metrics" in out and "EER" in out
+    assert (tmp_path / "ev" / "cache").is_dir()  # the default cache: inside --out
+
+
+def test_pairs_mode_refuses_paths_outside_the_root_naming_the_line(labelled_pairs, tmp_path):
+    """Through the real entry point: the error comes from curation.predict's reader and must still be one line."""
+    root, pairs, csv = labelled_pairs
+    table = pd.read_csv(csv)
+    table.loc[2, "img1"] = "../../etc/passwd"
+    table.to_csv(csv, index=False)
+    proc = subprocess.run([sys.executable, "-m", "curation.evaluate", "--pairs", str(csv), "--root", str(root),
+                           "--out", str(tmp_path / "ev")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"error: {csv}: line 4: img1 '../../etc/passwd' points outside {root.resolve()}"
+    assert not (tmp_path / "ev").exists()
+
+
+def test_pairs_mode_needs_out_and_labels(labelled_pairs, tmp_path, capsys):
+    root, pairs, csv = labelled_pairs
+    code, _, err = run(["--pairs", csv, "--root", root], capsys)
+    assert code == 2 and "--pairs needs --out DIR" in err
+    pairs.drop(columns=["label"]).to_csv(csv, index=False)
+    code, _, err = run(["--pairs", csv, "--root", root, "--out", tmp_path / "ev"], capsys)
+    assert code == 2 and "missing column(s) label" in err
