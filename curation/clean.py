@@ -33,6 +33,7 @@ from curation import noise
 from curation.calibrate import DEFAULT_TARGET_FMR
 from curation.demo import DownloadError, fetch_lfw
 from curation.flagging import FlagConfig, FlagError, flag_embeddings
+from embeddings.pipeline import ENGINES
 from labels.ingest import IngestError
 from labels.layouts import LayoutError
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
@@ -45,6 +46,7 @@ EPILOG = """examples:
   python -m curation.clean photos --workdir work                  # dlib embedder, CPU or GPU as available
   python -m curation.clean photos --workdir work --model ir:ir_101:adaface_ir101_webface12m.ckpt --device cuda
   python -m curation.clean photos --workdir work --threshold 0.2  # set the edge threshold yourself
+  python -m curation.clean /shared/photos --workdir /shared/work --engine ray --ray-address auto  # on a Ray cluster
   python -m curation.clean --embeddings emb.npy --index index.csv --workdir work
   python -m curation.clean                                        # demo: LFW with planted noise, then the score
   python -m curation.clean --from ../shared/faces/lfw             # demo on local identity folders (no download)
@@ -315,8 +317,12 @@ def clean_dataset(
     workers: int = 2,
     config: FlagConfig | None = None,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> CleanOutcome:
-    """Ingest DATA into WORK, align and embed every readable photo (cached), flag, and write the outputs."""
+    """Ingest DATA into WORK, align and embed every readable photo (cached), flag, and write the outputs.
+
+    engine / ray_address: where the embedding pass runs (see `embeddings.pipeline.embed_images`)."""
     from embeddings.embedders import make_embedder
     from embeddings.pipeline import embed_images
     from labels.ingest import ingest
@@ -339,7 +345,7 @@ def clean_dataset(
         result = embed_images(
             [root / p for p in images.path[readable]], embedder, cache_dir=work / "cache",
             keys=list(images.sha256[readable]), detector=detector, aligned=aligned, batch_size=batch_size,
-            workers=workers, progress=progress,
+            workers=workers, progress=progress, engine=engine, ray_address=ray_address,
         )
         timings["align_embed"] = round(time.perf_counter() - t0, 3)
         print(f"embedding ({embedder.id}): {result.summary()}")
@@ -417,6 +423,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding and aligning photos")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="where the embedding pass runs: local (this machine) or ray (a Ray cluster: pip install -r "
+                   "requirements-ray.txt; photos and WORKDIR on a filesystem every node sees)")
+    p.add_argument("--ray-address", help="with --engine ray: auto (the cluster this machine joined), ray://HEAD:10001, "
+                   "or none to start Ray on this machine (default: $RAY_ADDRESS if set)")
     g = p.add_argument_group("flagging")
     g.add_argument("--threshold", type=float, help="edge threshold (cosine); default: calibrated from the data")
     g.add_argument("--target-fmr", type=float, default=DEFAULT_TARGET_FMR,
@@ -474,7 +485,7 @@ def _run_planted(args, work: Path, progress: bool) -> int:
     truth = json.loads(truth_path.read_text())
     outcome = clean_dataset(noisy, work, model=args.model, aligned=args.aligned, device=args.device,
                             detector=args.detector, batch_size=args.batch_size, workers=args.workers,
-                            config=_config(args), progress=progress)
+                            config=_config(args), progress=progress, engine=args.engine, ray_address=args.ray_address)
     print(format_summary(outcome))
     scores = noise.score(outcome.flags, truth)
     outcome.report["planted_noise"] = scores
@@ -506,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CleanError(f"{args.data}: not a folder")
         outcome = clean_dataset(args.data, work, model=args.model, aligned=args.aligned, device=args.device,
                                 detector=args.detector, batch_size=args.batch_size, workers=args.workers,
-                                config=_config(args), progress=progress)
+                                config=_config(args), progress=progress, engine=args.engine,
+                                ray_address=args.ray_address)
         print(format_summary(outcome))
         offer_review(work)
         return 0

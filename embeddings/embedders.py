@@ -63,6 +63,8 @@ class Embedder:
 
     id: cache key (name + weights hash [+ "-flip"]). dim: embedding size. device: where the model runs (the pass pins
     memory when it is CUDA). forward: crops -> raw (unnormalised) float32 [N, dim]. flip: fuse crops with their mirror.
+    spec: what `make_embedder` was given ("" for a model in memory), so that another process (a Ray actor) can build
+    the same embedder.
     """
 
     id: str
@@ -70,6 +72,7 @@ class Embedder:
     forward: Callable[[Crops], np.ndarray]
     device: torch.device = torch.device("cpu")
     flip: bool = False
+    spec: str = ""
 
     def embed(self, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB crops [N, 112, 112, 3] (numpy, or a torch tensor such as a pinned DataLoader batch) ->
@@ -243,9 +246,12 @@ def make_embedder(spec: str, device: str | torch.device = "auto", flip: bool = F
     device = pick_device(device) if isinstance(device, str) else device
     kind, _, rest = spec.partition(":")
     if spec == "dlib":
-        return _dlib_embedder(flip)
-    if kind == "ir" and rest:
-        return _ir_embedder(rest, device, flip)
-    if kind == "onnx" and rest:
-        return _onnx_embedder(Path(rest), device, flip)
-    raise EmbedderError(f"unknown embedder {spec!r}: use dlib, ir:<arch>:<checkpoint> or onnx:<file.onnx>")
+        embedder = _dlib_embedder(flip)
+    elif kind == "ir" and rest:
+        embedder = _ir_embedder(rest, device, flip)
+    elif kind == "onnx" and rest:
+        embedder = _onnx_embedder(Path(rest), device, flip)
+    else:
+        raise EmbedderError(f"unknown embedder {spec!r}: use dlib, ir:<arch>:<checkpoint> or onnx:<file.onnx>")
+    embedder.spec = spec
+    return embedder

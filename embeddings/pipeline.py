@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -40,6 +41,7 @@ from embeddings.align import align_id as make_align_id
 from embeddings.cache import (
     METHOD_CODES,
     ShardStore,
+    alignment_dtype,
     alignment_store,
     check_key,
     content_key,
@@ -63,6 +65,8 @@ __all__ = [
     "embedding_cache_id",
     "get_detector",
 ]
+
+ENGINES = ("local", "ray")  # where the pass runs: DataLoader workers + this process, or a Ray cluster
 
 # What a worker is asked to do for one photo.
 _FROM_CACHE = 0  # read the cached crop (re-align if it is missing or damaged)
@@ -118,36 +122,45 @@ def embedding_cache_id(embedder_id: str, align_id: str) -> str:
 # ------------------------------------------------------------------------------------------------------------- workers
 
 
-class _AlignDataset(Dataset):
-    """Tasks for DataLoader workers: decode + align (or read the cached crop) one photo, write its crop.
+def _record(dtype: np.dtype, key: str, result: AlignResult) -> np.void:
+    """The alignment outcome as stored in the cache."""
+    rec = np.zeros(1, dtype)
+    rec["key"] = key.encode("ascii")
+    rec["method"] = METHOD_CODES.index(result.method)
+    if result.landmarks is not None:
+        rec["points"] = result.landmarks
+    if result.box is not None:
+        rec["box"] = result.box
+    rec["problem"] = encode_problem(result.problem)
+    return rec[0]
 
-    Paths and keys are numpy string arrays, not lists of str: forked workers then share them without copying every
-    page (reference counts on millions of small Python objects would touch them all).
+
+@dataclass(frozen=True)
+class PhotoAligner:
+    """The per-photo work of a pass: decode + align one photo (or read its cached crop) and write its crop file.
+
+    Plain settings, so it pickles: the local pass hands it to DataLoader workers, the Ray engine to its actors (which
+    then write the crops into `cache_dir` themselves: on a cluster that folder must be on a shared filesystem).
+    Call it with (path, content key, mode) -> (crop or None, new alignment record or None, error status or None).
     """
 
-    def __init__(self, paths, keys, modes, *, detector, aligned, fallback, cache_dir, align_id):
-        self.paths = np.array([str(p) for p in paths], dtype=str)
-        self.keys = np.array(keys, dtype=str)
-        self.modes = np.asarray(modes, np.uint8)
-        self.detector, self.aligned, self.fallback = detector, aligned, fallback
-        self.cache_dir, self.align_id = Path(cache_dir), align_id
+    detector: str
+    aligned: bool
+    fallback: bool
+    cache_dir: Path
+    align_id: str
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, AlignResult | None, str | None]:
-        """(task index, crop or None, new alignment outcome or None, error status or None)."""
-        key, mode = str(self.keys[i]), int(self.modes[i])
+    def __call__(self, path: str, key: str, mode: int) -> tuple[np.ndarray | None, np.void | None, str | None]:
         target = crop_path(self.cache_dir, self.align_id, key)
         if mode == _FROM_CACHE:
             crop = read_crop(target)
             if crop is not None and crop.shape == (CROP_SIZE, CROP_SIZE, 3):
-                return i, crop, None, None
+                return crop, None, None
             mode = _ALIGN  # missing or damaged: make it again
         try:
-            rgb = read_rgb(self.paths[i])
+            rgb = read_rgb(path)
         except ImageError as exc:
-            return i, None, None, f"unreadable: {exc.reason}"
+            return None, None, f"unreadable: {exc.reason}"
         detector = None if self.aligned or mode == _FALLBACK else get_detector(self.detector)
         try:
             if mode == _FALLBACK:
@@ -157,23 +170,55 @@ class _AlignDataset(Dataset):
             if result.crop is not None:
                 write_crop(target, result.crop)
         except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch
-            return i, None, None, f"no_face: alignment failed ({type(exc).__name__}: {exc})"
-        return i, result.crop, result, None
+            return None, None, f"no_face: alignment failed ({type(exc).__name__}: {exc})"
+        return result.crop, _record(alignment_dtype(), key, result), None
 
 
-def get_detector(spec: str) -> Detector:
+class _AlignDataset(Dataset):
+    """Tasks for DataLoader workers: `PhotoAligner` on one photo.
+
+    Paths and keys are numpy string arrays, not lists of str: forked workers then share them without copying every
+    page (reference counts on millions of small Python objects would touch them all).
+    """
+
+    def __init__(self, paths, keys, modes, aligner: PhotoAligner):
+        self.paths = np.array([str(p) for p in paths], dtype=str)
+        self.keys = np.array(keys, dtype=str)
+        self.modes = np.asarray(modes, np.uint8)
+        self.aligner = aligner
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, np.void | None, str | None]:
+        """(task index, crop or None, new alignment record or None, error status or None)."""
+        return i, *self.aligner(str(self.paths[i]), str(self.keys[i]), int(self.modes[i]))
+
+
+def get_detector(spec: str, threads: int | None = None) -> Detector:
     """This process's detector for `spec`, built once (the pass builds it before starting workers; a caller that wants
-    the loading time out of a measurement, or a clear error before a long run, may call it first)."""
+    the loading time out of a measurement, or a clear error before a long run, may call it first).
+
+    threads: for an ONNX detector built by this call; None = 1 in a DataLoader worker, else one per core.
+    """
     key = (spec, os.getpid())
     if key not in _DETECTORS:
         inherited = [d for (s, _), d in _DETECTORS.items() if s == spec and _fork_safe(d)]
-        in_worker = torch.utils.data.get_worker_info() is not None
-        _DETECTORS[key] = inherited[0] if inherited else make_detector(spec, threads=1 if in_worker else 0)
+        if threads is None:
+            threads = 1 if torch.utils.data.get_worker_info() is not None else 0
+        _DETECTORS[key] = inherited[0] if inherited else make_detector(spec, threads=threads)
     return _DETECTORS[key]
 
 
 def _fork_safe(detector: Detector) -> bool:
     return isinstance(detector, DlibDetector)
+
+
+def single_threaded() -> None:
+    """For a process that decodes and aligns beside others (DataLoader worker, Ray actor): one thread for torch and
+    OpenCV, so that the workers together use the cores they were given, not each all of them."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
 
 
 def _worker_init(_: int) -> None:
@@ -182,8 +227,7 @@ def _worker_init(_: int) -> None:
     Without the parent-death signal, a worker of a pass killed with SIGKILL can block forever writing its next batch to
     a pipe nobody reads, holding memory and the terminal's output pipes.
     """
-    torch.set_num_threads(1)
-    cv2.setNumThreads(0)
+    single_threaded()
     if sys.platform.startswith("linux"):
         parent = os.getppid()
         libc = ctypes.CDLL(None, use_errno=True)
@@ -197,23 +241,25 @@ def _collate(items: list) -> tuple[torch.Tensor, list]:
     crops = [crop for _, crop, _, _ in items if crop is not None]
     empty = torch.zeros((0, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8)
     stacked = torch.from_numpy(np.stack(crops)) if crops else empty
-    return stacked, [(i, crop is not None, result, error) for i, crop, result, error in items]
+    return stacked, [(i, crop is not None, record, error) for i, crop, record, error in items]
+
+
+Batch = tuple[list, np.ndarray | None, np.ndarray | None]
+"""What an engine hands the driver per batch: ([(task index, has crop, new alignment record or None, error or None)],
+unit embeddings [n_crops, D] and norms [n_crops] of the photos with a crop, in task order; None without an embedder).
+"""
+
+
+def _local_batches(dataset: _AlignDataset, embedder: Embedder | None, batch_size: int, workers: int):
+    """The local engine: DataLoader workers align, this process embeds each batch."""
+    cuda = embedder is not None and embedder.device.type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=cuda,
+                        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None)
+    for crops, metas in loader:
+        yield (metas, *embedder.embed(crops)) if embedder is not None else (metas, None, None)
 
 
 # -------------------------------------------------------------------------------------------------------------- driver
-
-
-def _record(dtype: np.dtype, key: str, result: AlignResult) -> np.void:
-    """The alignment outcome as stored in the cache."""
-    rec = np.zeros(1, dtype)
-    rec["key"] = key.encode("ascii")
-    rec["method"] = METHOD_CODES.index(result.method)
-    if result.landmarks is not None:
-        rec["points"] = result.landmarks
-    if result.box is not None:
-        rec["box"] = result.box
-    rec["problem"] = encode_problem(result.problem)
-    return rec[0]
 
 
 def _status(record: np.void, fallback: bool) -> tuple[str, str]:
@@ -276,6 +322,19 @@ def _plan(records: np.ndarray, found: np.ndarray, done: np.ndarray, fallback: bo
     return modes
 
 
+def _ray_engine(engine: str):
+    """`embeddings.ray_engine` for engine "ray" (imported only then: Ray is an optional dependency); None for local."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "local":
+        return None
+    try:
+        from embeddings import ray_engine
+    except ImportError as exc:
+        raise ValueError(f"the Ray engine needs ray[data] ({exc}): pip install -r requirements-ray.txt") from exc
+    return ray_engine
+
+
 def _run(
     paths: Sequence[Path],
     embedder: Embedder | None,
@@ -289,11 +348,16 @@ def _run(
     workers: int,
     progress: bool,
     checkpoint_seconds: float,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> _Pass:
     """Shared by embed_images and align_images: the same tasks, workers, caches and statuses.
 
     With an embedder, every crop that has no embedding yet is embedded; without, only missing crops are made.
+    The engine only decides where the work runs (`_local_batches` or `embeddings.ray_engine`); planning, caches and
+    statuses are this function's, so the two engines' results and caches are interchangeable.
     """
+    ray_engine = _ray_engine(engine)
     paths = [Path(p) for p in paths]
     cache_dir = Path(cache_dir)
     fallback = center_crop_fallback and not aligned
@@ -323,30 +387,34 @@ def _run(
     if not aligned and np.isin(modes, (_ALIGN, _FROM_CACHE)).any():
         get_detector(detector)  # fail now on a bad model file; forked workers inherit it when that is safe
 
-    dataset = _AlignDataset([upaths[u] for u in todo], [ukeys[u] for u in todo], modes[todo], detector=detector,
-                            aligned=aligned, fallback=fallback, cache_dir=cache_dir, align_id=aid)
-    cuda = embedder is not None and embedder.device.type == "cuda"
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=cuda,
-                        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None)
+    aligner = PhotoAligner(detector, aligned, fallback, cache_dir, aid)
+    task_paths, task_keys = [upaths[u] for u in todo], [ukeys[u] for u in todo]
+    if ray_engine is not None:
+        batches = ray_engine.ray_batches(task_paths, task_keys, modes[todo], aligner, embedder, batch_size=batch_size,
+                                         address=ray_address)
+    else:
+        batches = _local_batches(_AlignDataset(task_paths, task_keys, modes[todo], aligner), embedder, batch_size,
+                                 workers)
     errors_now: dict[int, str] = {}
     out = _Pass(all_keys, rows, errors, ukeys, [], [], aid, estore)
     tally: Counter = Counter()
     what = "aligning + embedding" if estore is not None else "aligning"
     try:
         bar = tqdm(total=len(todo), desc=what, unit="img", disable=not progress or not len(todo), smoothing=0.05)
-        with bar:
-            for crops, metas in loader if len(todo) else ():
+        with bar, contextlib.closing(batches):  # closing: stops the engine's workers at once if this loop fails
+            for metas, unit, norm in batches if len(todo) else ():
                 new, emb_keys = [], []
-                for t, has_crop, result, error in metas:
+                for t, has_crop, record, error in metas:
                     u = todo[t]
                     if error is not None:
                         errors_now[u] = error
                         tally[error.split(":", 1)[0]] += 1
                         continue
-                    if result is not None:
+                    if record is not None:
+                        problem = records["problem"][u]
+                        records[u] = record
                         if modes[u] == _FALLBACK:  # keep the reason no face was found
-                            result.problem = records[u]["problem"].decode("utf-8", "replace")
-                        records[u] = _record(astore.dtype, ukeys[u], result)
+                            records["problem"][u] = problem
                         new.append(u)
                     if has_crop:
                         emb_keys.append(ukeys[u])
@@ -355,7 +423,6 @@ def _run(
                     astore.add(records[new])
                     out.aligned_now += len(new)
                 if estore is not None and emb_keys:
-                    unit, norm = embedder.embed(crops)
                     rec = np.zeros(len(emb_keys), estore.dtype)
                     rec["key"] = [k.encode("ascii") for k in emb_keys]
                     rec["emb"], rec["norm"] = unit, norm
@@ -387,6 +454,8 @@ def embed_images(
     workers: int = 2,
     progress: bool = True,
     checkpoint_seconds: float = 30.0,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> EmbedResult:
     """Align and embed photos, reusing and extending the caches under `cache_dir`.
 
@@ -396,6 +465,9 @@ def embed_images(
     center_crop_fallback to embed the centre of photos without a detected face (method "center_crop"); batch size and
     DataLoader worker processes (0 = decode in the main process); checkpoint_seconds: results are written to disk at
     least this often, so a killed run loses at most about this much work.
+    engine: "local" (DataLoader workers align, this process embeds) or "ray" (actor pools on a Ray cluster align and
+    embed, see `embeddings.ray_engine`; `ray_address` as for `ray.init`, e.g. "auto" or "ray://head:10001", None =
+    $RAY_ADDRESS or a Ray started on this machine). Both write the same caches: either finds the other's work done.
     Output: `EmbedResult` (one row per path, in order). Photos already embedded under the same embedder and alignment
     are not decoded again; a photo that fails gets a status and a NaN row, never an exception.
 
@@ -406,7 +478,7 @@ def embed_images(
     """
     run = _run(paths, embedder, cache_dir=cache_dir, keys=keys, detector=detector, aligned=aligned,
                center_crop_fallback=center_crop_fallback, batch_size=batch_size, workers=workers, progress=progress,
-               checkpoint_seconds=checkpoint_seconds)
+               checkpoint_seconds=checkpoint_seconds, engine=engine, ray_address=ray_address)
     cache_id = embedding_cache_id(embedder.id, run.align_id)
     ok = [u for u, s in enumerate(run.status) if s == "ok"]
     found, stored = run.store.lookup([run.ukeys[u] for u in ok])
