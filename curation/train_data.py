@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from curation.pairs import PairStats, Pairs, make_pairs, split_identities
 from curation.train_config import TrainConfig
@@ -56,6 +56,15 @@ class TrainData:
 
     def __post_init__(self) -> None:
         self.crops = CropDataset(self.table["crop"].tolist())
+
+    # Pickled when rank 0 sends the prepared data to the other ranks (curation.distributed.from_main): the crops are
+    # rebuilt from the table on arrival rather than sent twice.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "crops"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
 
 
 class CropPairs(Dataset):
@@ -100,13 +109,43 @@ def _crop(crops: CropDataset, row: int, flip: bool) -> torch.Tensor:
     return crop.flip(1) if flip else crop  # [H, W, 3]: dim 1 is the width
 
 
-def epoch_loader(dataset: Dataset, cfg: TrainConfig, batch_size: int, start: int, device: torch.device) -> DataLoader:
-    """Batches in dataset order from item `start` on; the loader draws nothing from the global torch RNG (so resuming
-    replays dropout exactly): its workers are seeded by a private generator and the order is a plain range."""
+class RankSlices(Sampler[int]):
+    """The items of one epoch a process reads, from global item `start` on, in whole global batches.
+
+    Global batch k is items [k*B, (k+1)*B) of the epoch's order, which every rank draws identically from (seed, epoch);
+    under torchrun with W processes rank r reads the r-th slice of B/W of it (a DistributedSampler that keeps the
+    epoch's order and resumes mid-epoch). So step k trains on the same B pairs whatever W is, `start` counts global
+    items (step_in_epoch * B), and with W = 1 it is range(start, ...) over whole batches: the single-process order.
+
+    Example:
+        >>> list(RankSlices(10, start=4, batch_size=4, rank=1, size=2))    # global batch [4..8); rank 1 reads 6, 7
+        [6, 7]
+    """
+
+    def __init__(self, n: int, start: int, batch_size: int, rank: int = 0, size: int = 1):
+        self.per, self.batch_size = batch_size // size, batch_size
+        self.first = start + rank * self.per
+        self.steps = max(0, (n - start) // batch_size)
+
+    def __len__(self) -> int:
+        return self.steps * self.per
+
+    def __iter__(self):
+        for k in range(self.steps):
+            first = self.first + k * self.batch_size
+            yield from range(first, first + self.per)
+
+
+def epoch_loader(
+    dataset: Dataset, cfg: TrainConfig, start: int, device: torch.device, rank: int = 0, size: int = 1
+) -> DataLoader:
+    """This process's batches of the epoch from global item `start` on: `cfg.batch_size` is the global batch, split
+    over the `size` processes (see RankSlices). The loader draws nothing from the global torch RNG (so resuming replays
+    dropout exactly): its workers are seeded by a private generator and the order is fixed."""
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=range(start, len(dataset)),
+        batch_size=cfg.batch_size // size,
+        sampler=RankSlices(len(dataset), start, cfg.batch_size, rank, size),
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         drop_last=True,

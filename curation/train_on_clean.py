@@ -16,9 +16,15 @@ The plateau scheduler steps only at the regular validations (every `val_every` s
 a run updates history and checkpoints but not the scheduler, so stopping at step k and resuming gives the same run as
 never stopping.
 
+Several GPUs or nodes: the same command under torchrun runs DistributedDataParallel (curation.distributed: who is
+rank 0, the device, the collectives). --batch-size is the global batch, split over the processes by
+`curation.train_data.RankSlices`, so the pairs of every step and the resume position (in global pairs) do not depend
+on the number of processes; rank 0 prepares the data, logs and writes the run folder.
+
 Example:
     python -m curation.train_on_clean work/ --init adaface_ir101_webface12m.ckpt --out runs/ft1
     python -m curation.train_on_clean work/ --out runs/ft1 --resume
+    torchrun --nproc-per-node 4 -m curation.train_on_clean work/ --init adaface_ir101_webface12m.ckpt --out runs/ft2
 """
 from __future__ import annotations
 
@@ -39,6 +45,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from curation import distributed
+from curation.distributed import World
 from curation.metrics import accuracy_at, verification_report
 from curation.pairs import PAIR_KINDS, Pairs
 from curation.train_data import (
@@ -53,7 +61,7 @@ from curation.train_data import (
 from curation.train_config import CHOICES, DATA_ORDER_KEYS, ConfigError, TrainConfig, load_config_file, resolve_config
 from curation.train_run import Kept, RunFolder, kept_from_state, kept_to_state, write_json
 from embeddings import CheckpointError, build_backbone, load_backbone, read_checkpoint, save_backbone
-from embeddings.device import amp_dtype, autocast, pick_device
+from embeddings.device import amp_dtype, autocast
 from embeddings.losses import AdaFaceHead, AdaptiveMarginPairLoss
 from embeddings.pipeline import CropDataset
 from embeddings.preprocess import to_input
@@ -62,12 +70,21 @@ from embeddings.preprocess import to_input
 # ---- model, optimisation, validation --------------------------------------------------------------------------------
 @torch.no_grad()
 def embed_rows(
-    model: torch.nn.Module, crops: CropDataset, rows: np.ndarray, cfg: TrainConfig, device: torch.device, dtype
-) -> torch.Tensor:
-    """Unit embeddings [len(rows), 512] (float32, CPU) of the given crops, in eval mode, without flips."""
+    model: torch.nn.Module, crops: CropDataset, rows: np.ndarray, cfg: TrainConfig, device: torch.device, dtype,
+    world: World = World(),
+) -> torch.Tensor | None:
+    """Unit embeddings [len(rows), 512] (float32, CPU) of the given crops, in eval mode, without flips.
+
+    Under torchrun the batches are shared out (batch j to rank j % size) and gathered on rank 0, which returns them in
+    order (the others return None). The batches are the single-process ones, so each crop is embedded in a batch of the
+    same content and shape whatever the number of processes, and the validation EER does not depend on it.
+    """
     ds = CropImages(crops, rows, np.zeros(len(rows), bool), np.full(len(rows), -1))
+    size = 2 * cfg.batch_size
+    n_batches = math.ceil(len(rows) / size)
+    mine = [range(j * size, min((j + 1) * size, len(rows))) for j in range(world.rank, n_batches, world.size)]
     loader = DataLoader(
-        ds, batch_size=2 * cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+        ds, batch_sampler=mine, num_workers=cfg.workers, pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     model.eval()
@@ -76,20 +93,27 @@ def embed_rows(
         with autocast(device, enabled=dtype is not None, dtype=dtype):
             unit, _ = model(to_input(x.to(device, non_blocking=True), "adaface"))
         out.append(unit.float().cpu())
-    return torch.cat(out)
+    parts = distributed.gather(out)
+    if parts is None:
+        return None
+    return torch.cat([parts[j % world.size][j // world.size] for j in range(n_batches)])
 
 
 def validate(
-    model: torch.nn.Module, data: TrainData, pairs: Pairs, cfg: TrainConfig, device: torch.device, dtype
+    model: torch.nn.Module, data: TrainData, pairs: Pairs, cfg: TrainConfig, device: torch.device, dtype,
+    world: World = World(),
 ) -> dict:
     """Validation metrics on the held-out identities' pairs: EER (bob) with its threshold, the organisers' EER,
-    accuracy at the fixed threshold, and error rates per pair type at the EER threshold."""
+    accuracy at the fixed threshold, and error rates per pair type at the EER threshold. Under torchrun every rank
+    embeds its share and gets rank 0's metrics, so all take the same scheduler decision."""
     rows = np.unique(np.concatenate([pairs.a, pairs.b]))
-    emb = embed_rows(model, data.crops, rows, cfg, device, dtype)
+    emb = embed_rows(model, data.crops, rows, cfg, device, dtype, world)
+    if emb is None:
+        return distributed.broadcast(None)
     ia, ib = np.searchsorted(rows, pairs.a), np.searchsorted(rows, pairs.b)
     scores = (emb[ia] * emb[ib]).sum(1).numpy().astype(np.float64)
     report = verification_report(scores, pairs.label, pairs.kind, type_names=PAIR_KINDS, curve=False)
-    return {
+    return distributed.broadcast({
         "eer": report.eer,
         "eer_threshold": report.eer_threshold,
         "eer_roc": report.eer_roc,
@@ -99,12 +123,14 @@ def validate(
         "per_type": {name: r.rate for name, r in report.per_type.items()},
         "tar_at_far": {k: v.tar for k, v in report.tar_at_far.items()},
         "n_pairs": report.n_pos + report.n_neg,
-    }
+    })
 
 
 def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, device: torch.device, dtype) -> float:
     """One optimizer step on a batch from the epoch's loader (uint8 crops, turned into model input here by to_input);
-    returns the loss. `head` is the AdaFace head (objective adaface) or None; `dtype` the autocast dtype or None."""
+    returns the loss. `head` is the AdaFace head (objective adaface) or None; `dtype` the autocast dtype or None.
+    Under torchrun `model` and `head` are DDP-wrapped, the batch is this rank's slice, and the loss returned is the mean
+    over ranks: the global batch's loss, the same on every rank."""
     model.train()
     if cfg.objective == "pair":
         crop_a, crop_b, label, _ = batch
@@ -129,7 +155,7 @@ def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, devic
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     scaler.step(opt)
     scaler.update()
-    value = float(loss.detach())
+    value = distributed.mean(loss.detach())
     if not math.isfinite(value):
         raise TrainError(f"the loss became {value}; lower --lr or set --grad-clip (or --precision fp32/bf16)")
     return value
@@ -138,13 +164,15 @@ def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, devic
 # ---- the run --------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
-    """What a call to `train` did: the losses of the steps it ran and where things are."""
+    """What a call to `train` did: the losses of the steps it ran, where things are, and a fingerprint of the final
+    weights (sha256 of their state_dict, see curation.distributed.fingerprint; equal on every rank under torchrun)."""
 
     run: Path
     steps: list[int]
     losses: list[float]
     history: list[dict]
     best: Kept | None
+    weights: str
 
 
 def _rng_state() -> dict:
@@ -158,6 +186,15 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resumed_rng(state: dict, world: World) -> dict | None:
+    """This rank's saved RNG state: its own when the run goes on with as many processes as it was saved with; with
+    another number, rank 0 takes rank 0's and the other ranks keep the fresh stream they were seeded with (None)."""
+    states = state.get("rng_ranks") or [state["rng"]]
+    if len(states) == world.size:
+        return states[world.rank]
+    return state["rng"] if world.is_main else None
 
 
 def _initial_model(cfg: TrainConfig, say: Callable[[str], None]) -> torch.nn.Module:
@@ -198,15 +235,37 @@ def train(
     history, the best checkpoint). Raises TrainError (one line, for the user) for unusable data, run folders or
     checkpoints.
 
+    Under torchrun (WORLD_SIZE > 1) this process is one rank of a DistributedDataParallel run: `cfg.batch_size` is the
+    global batch, split evenly over the ranks, so a step sees the same pairs whatever the number of processes; rank 0
+    prepares the data and is the only one that logs, shows progress and writes the run folder; every rank returns the
+    same losses, history and weights (see curation.distributed).
+
     Example:
         >>> cfg = resolve_config(cli_values={"data": "work", "init": "ir101.ckpt", "out": "runs/a", "max_steps": 500})
         >>> result = train(cfg)
         >>> result.best.eer, result.history[-1]["per_type"]
     """
+    world, device = distributed.init(cfg.device)
+    try:
+        return _train(cfg, world, device, resume=resume, progress=progress and world.is_main,
+                      say=say if world.is_main else lambda _: None)
+    finally:
+        distributed.cleanup()
+
+
+def _train(
+    cfg: TrainConfig, world: World, device: torch.device, *, resume: bool, progress: bool, say: Callable[[str], None]
+) -> TrainResult:
+    """The body of `train`, run by every rank (rank 0 alone writes files; the others get `say` silenced)."""
     run = RunFolder(cfg.out)
     if not resume and run.has_run():
         raise TrainError(f"{cfg.out} already holds a run: add --resume to continue it, or choose another --out")
-    device = pick_device(cfg.device)
+    per_rank = 1 if cfg.objective == "pair" else 2  # batch norm needs two images per process
+    if cfg.batch_size % world.size or cfg.batch_size // world.size < per_rank:
+        raise TrainError(
+            f"--batch-size {cfg.batch_size} is the global batch, split over the {world.size} processes: it must be a"
+            f" multiple of {world.size} and at least {per_rank * world.size}"
+        )
     dtype = amp_dtype(device, cfg.precision)
     state = _load_resume_state(run) if resume else None
     if state is None:
@@ -214,7 +273,8 @@ def train(
         model = _initial_model(cfg, say)  # before the data, so a bad checkpoint fails before hours of alignment
     else:
         model = load_backbone(run.last, arch=cfg.arch)
-    data = prepare_data(cfg, say=say, progress=progress)
+    # Rank 0 aligns into the crop cache while the others wait; they receive the very same table (see from_main).
+    data = distributed.from_main(lambda: prepare_data(cfg, say=say, progress=progress), "preparing the data")
     for line in data.notes:
         say(line)
     vpairs, vstats = validation_pairs(data, cfg)
@@ -224,13 +284,16 @@ def train(
             " least two real photos; raise --val-fraction or add photos"
         )
     say(f"validation: {vstats.describe()}")
-    # Written once the inputs are known to be usable (so a failed start leaves no run behind), and on resume too: it
-    # records the options the run now continues with.
-    run.path.mkdir(parents=True, exist_ok=True)
-    write_json(run.config, cfg.to_dict())
+    if world.is_main:
+        # Written once the inputs are known to be usable (so a failed start leaves no run behind), and on resume too:
+        # it records the options the run now continues with.
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_json(run.config, cfg.to_dict())
     classes = {name: i for i, name in enumerate(data.train_ids)} if cfg.objective == "adaface" else None
 
-    torch.manual_seed(cfg.seed)  # the AdaFace head and dropout draw from here on (a resumed run restores the state)
+    # The AdaFace head and dropout draw from here on, each rank from a stream of its own (rank 0's is the
+    # single-process one); a resumed run restores the states.
+    torch.manual_seed(cfg.seed + world.rank)
     model.to(device)
     head = None
     if classes is not None:
@@ -253,9 +316,20 @@ def train(
         step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
         kept = kept_from_state(state["kept"])
         loss_sum, loss_n = float(state["loss_sum"]), int(state["loss_n"])
-        run.reconcile(step, kept)
-        _set_rng_state(state["rng"])
+        if world.is_main:
+            run.reconcile(step, kept)
+        rng = _resumed_rng(state, world)
+        if rng is not None:
+            _set_rng_state(rng)
         say(f"resuming {run.path} at step {step} (epoch {epoch + 1}, batch {pos})")
+        saved_size = int(state.get("world_size", 1))
+        if saved_size != world.size:
+            say(f"note: saved by {saved_size} process(es), continued by {world.size}: every step trains on the same"
+                " pairs, but batch-norm statistics and dropout are per process, so this is not bit for bit the run that"
+                f" {saved_size} process(es) would have continued")
+    # Gradients are averaged over ranks by DDP; the unwrapped model and head are what is validated and saved.
+    net = distributed.wrap(model, device)
+    head_net = distributed.wrap(head, device) if head is not None else None
 
     first = epoch_data(data, cfg, epoch, classes)
     if first.steps == 0:
@@ -267,17 +341,23 @@ def train(
         say(f"training: {first.stats.describe()}")
     else:
         say(f"training: {len(first.dataset):,} real photos of {len(classes):,} identities (AdaFace head, one class each)")
+    if world.size > 1:
+        say(f"distributed: {world.size} processes ({device.type}), {cfg.batch_size // world.size} of the"
+            f" {cfg.batch_size} {'pairs' if cfg.objective == 'pair' else 'photos'} of each step per process")
     total = first.steps * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, first.steps * cfg.epochs)
-    logger = _make_logger(cfg, run)
+    logger = _make_logger(cfg, run) if world.is_main else None
     started = time.monotonic()
     steps_run: list[int] = []
     losses: list[float] = []
     last_validated = -1 if state is None else step
 
     def checkpoint(regular: bool) -> dict:
-        """Validate, record, keep the best, save last: the one place a run's files change."""
+        """Validate, record, keep the best, save last: the one place a run's files change (on rank 0)."""
         nonlocal kept, loss_sum, loss_n, last_validated
-        metrics = validate(model, data, vpairs, cfg, device, dtype)
+        if world.size > 1:
+            distributed.sync_buffers(model)
+            _check_in_step(model, step)
+        metrics = validate(model, data, vpairs, cfg, device, dtype, world)
         elapsed = time.monotonic() - started
         record = {
             "step": step,
@@ -290,33 +370,40 @@ def train(
             "scheduled": regular,
         }
         if regular:
-            sched.step(metrics["eer"])
-        run.append_history(record)
-        meta = _meta(cfg, model, step, epoch, metrics)
-        kept, _ = run.keep_checkpoint(kept, step, metrics["eer"], cfg.keep_best, lambda p: save_backbone(model, p, **meta))
+            sched.step(metrics["eer"])  # the same EER on every rank, so the same learning rate
         loss_sum, loss_n = 0.0, 0
-        run.save_last(
-            {
-                "format": "facecur-train-state-v1",
-                "step": step,
-                "epoch": epoch,
-                "step_in_epoch": pos,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "head": head.state_dict() if head is not None else None,
-                "kept": kept_to_state(kept),
-                "loss_sum": loss_sum,
-                "loss_n": loss_n,
-                "rng": _rng_state(),
-            },
-            lambda p: save_backbone(model, p, **meta),
-        )
-        run.prune(kept)
         last_validated = step
-        if logger is not None:
-            logger(record, step)
-        tqdm.write(_describe(record))
+        rngs = distributed.gather(_rng_state())
+        if world.is_main:
+            run.append_history(record)
+            meta = _meta(cfg, model, step, epoch, metrics)
+            kept, _ = run.keep_checkpoint(
+                kept, step, metrics["eer"], cfg.keep_best, lambda p: save_backbone(model, p, **meta)
+            )
+            ranks = {"world_size": world.size, "rng_ranks": rngs} if world.size > 1 else {}
+            run.save_last(
+                {
+                    "format": "facecur-train-state-v1",
+                    "step": step,
+                    "epoch": epoch,
+                    "step_in_epoch": pos,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "head": head.state_dict() if head is not None else None,
+                    "kept": kept_to_state(kept),
+                    "loss_sum": loss_sum,
+                    "loss_n": loss_n,
+                    "rng": rngs[0],
+                    **ranks,
+                },
+                lambda p: save_backbone(model, p, **meta),
+            )
+            run.prune(kept)
+            if logger is not None:
+                logger(record, step)
+            tqdm.write(_describe(record))
+        kept = distributed.broadcast(kept)  # the others wait here (patiently) while rank 0 writes
         return record
 
     bar = tqdm(total=total, initial=step, unit="step", desc="fine-tuning", disable=not progress, dynamic_ncols=True)
@@ -325,8 +412,8 @@ def train(
             checkpoint(regular=True)  # step 0: the initial weights' EER, so every gain is measured against it
         ep = first
         while step < total:
-            for batch in epoch_loader(ep.dataset, cfg, cfg.batch_size, pos * cfg.batch_size, device):
-                value = train_step(model, head, loss_fn, batch, opt, scaler, cfg, device, dtype)
+            for batch in epoch_loader(ep.dataset, cfg, pos * cfg.batch_size, device, world.rank, world.size):
+                value = train_step(net, head_net, loss_fn, batch, opt, scaler, cfg, device, dtype)
                 step, pos = step + 1, pos + 1
                 loss_sum, loss_n = loss_sum + value, loss_n + 1
                 steps_run.append(step)
@@ -349,7 +436,17 @@ def train(
         bar.close()
     history = run.history()
     best = kept[0] if kept else None
-    return TrainResult(run.path, steps_run, losses, history, best)
+    return TrainResult(run.path, steps_run, losses, history, best, distributed.fingerprint(model))
+
+
+def _check_in_step(model: torch.nn.Module, step: int) -> None:
+    """Every rank must hold the same weights at a checkpoint (DDP keeps them so; this makes sure before saving)."""
+    prints = distributed.all_gather(distributed.fingerprint(model))
+    if len(set(prints)) > 1:
+        raise TrainError(
+            f"the processes' weights differ at step {step} (fingerprints {', '.join(p[:12] for p in prints)}): stop"
+            " and resume from the last save with --resume"
+        )
 
 
 def _describe(record: dict) -> str:
@@ -421,7 +518,8 @@ _HELP = {
     "arch": "backbone depth: ir_18|ir_34|ir_50|ir_101 (default: read from --init; ir_101 with --init random)",
     "unreviewed": "open flags on a work folder: keep (default) or apply their suggested action, as export does",
     "objective": "pair (adaptive-margin pair loss, the recipe) or adaface (AdaFace margin head on identities)",
-    "batch_size": "pairs per step (photos per step with --objective adaface); default 32",
+    "batch_size": "pairs per step (photos per step with --objective adaface); default 32. Under torchrun this is"
+    " the global batch, split evenly over the processes (a multiple of their number)",
     "lr": "AdamW learning rate (default 5e-6)",
     "weight_decay": "AdamW weight decay (default 1e-2)",
     "epochs": "passes over the training pairs (default 1); pairs are redrawn each epoch",
@@ -444,7 +542,7 @@ _HELP = {
     "grad_clip": "clip the gradient norm to this value (default: no clipping)",
     "precision": "auto (bf16, or fp16 with a GradScaler, on CUDA; fp32 on CPU) | fp32 | fp16 | bf16",
     "flip": "random horizontal flips of training photos",
-    "device": "auto (default), cpu or cuda[:N]",
+    "device": "auto (default), cpu or cuda[:N]; under torchrun auto or cuda (each process takes cuda:LOCAL_RANK)",
     "workers": "DataLoader worker processes decoding crops (default 2)",
     "seed": "seed of the split, the pairs, the flips and the initialisation (default 0)",
     "log": "also log to wandb or tensorboard (the package must be installed)",
@@ -455,6 +553,15 @@ _EPILOG = """examples:
   python -m curation.train_on_clean work --init ir101.ckpt --out runs/ft3 --config recipe.toml --lr 1e-5
   python -m curation.train_on_clean --out runs/ft1 --resume            # continue after a crash or Ctrl-C
   python -m curation.train_on_clean work --init random --arch ir_18 --out runs/smoke --max-steps 50 --device cpu
+  torchrun --nproc-per-node 4 -m curation.train_on_clean work --init ir101.ckpt --out runs/ft4 --batch-size 128
+  torchrun --nproc-per-node 4 -m curation.train_on_clean --out runs/ft4 --resume
+
+Under torchrun (DistributedDataParallel: NCCL on GPUs, gloo on the CPU) --batch-size is the global batch: each of the
+N processes takes batch/N pairs of every step, so a step sees the same pairs whatever N is, --lr keeps its meaning and
+--max-steps, --val-every and resuming count the same steps. Rank 0 aligns the photos (the others wait, then share its
+table), logs and writes RUN; validation is shared out and gives the single-process EER. Resuming with the same N
+continues exactly; with another N the pairs of every step are the same, but batch-norm statistics and dropout are per
+process. Across nodes, DATA, its crop cache and RUN must be on a file system every node sees at the same path.
 
 DATA is a work folder (labels.sqlite: trains on the labels as reviewed, exactly what `labels.export` would write) or a
 dataset folder such as an export (ingested into RUN/work first). Precedence: defaults (the reference recipe) < --config
@@ -534,18 +641,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     quiet = bool(args.get("quiet", False))
+    world = World()
     try:
+        world = distributed.world()
         cfg, resume = _resolve(args)
-        print("configuration:\n" + "\n".join(f"  {k} = {v!r}" for k, v in cfg.to_dict().items()))
+        if world.is_main:
+            print("configuration:\n" + "\n".join(f"  {k} = {v!r}" for k, v in cfg.to_dict().items()))
         result = train(cfg, resume=resume, progress=not quiet)
-    except (ConfigError, TrainError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, TrainError, ValueError, distributed.MainFailed) as exc:
+        print(f"{'' if world.is_main else f'rank {world.rank}: '}error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: `python -m curation.train_on_clean --out {args.get('out', 'RUN')} --resume` continues from the last "
-              "save", file=sys.stderr)
+        if world.is_main:
+            again = (f"`python -m curation.train_on_clean --out {args.get('out', 'RUN')} --resume`" if world.size == 1
+                     else "the same torchrun command with --resume")
+            print(f"\ninterrupted: {again} continues from the last save", file=sys.stderr)
         return 130
-    print(_summary(result))
+    if world.is_main:
+        print(_summary(result))
+    else:  # one line per rank, so a log shows every process ended with rank 0's weights
+        print(f"rank {world.rank} of {world.size}: ran {len(result.steps)} step(s); weights {result.weights[:16]}")
     return 0
 
 
@@ -557,7 +672,8 @@ def _summary(result: TrainResult) -> str:
                      f"{last['step']}")
     if result.best is not None:
         lines.append(f"best: EER {result.best.eer:.4f} at step {result.best.step} -> {result.run / 'best.pt'}")
-    lines.append(f"history: {result.run / 'performance_history.json'}; last: {result.run / 'last.pt'}")
+    lines.append(f"history: {result.run / 'performance_history.json'}; last: {result.run / 'last.pt'} (weights "
+                 f"{result.weights[:16]})")
     return "\n".join(lines)
 
 
