@@ -52,3 +52,15 @@ def copy_identities(src: Path, dst: Path, names: list[str], per_identity: int | 
         for photo in sorted((src / name).iterdir())[:per_identity]:
             shutil.copy2(photo, dst / name / photo.name)
     return dst
+
+
+@pytest.fixture(scope="module")
+def glint_work(glint_dir, tmp_path_factory):
+    """A work folder with 6 glint24 identities x 4 aligned photos, ingested once per test module (the training tests)."""
+    from labels.ingest import ingest
+
+    names = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())[:6]
+    data = copy_identities(glint_dir, tmp_path_factory.mktemp("glint6"), names, per_identity=4)
+    work = tmp_path_factory.mktemp("work")
+    ingest(data, work, progress=False)
+    return work

@@ -22,7 +22,6 @@ from curation.train_on_clean import main, train, train_step
 from curation.train_run import Kept, RunFolder, update_top_k
 from embeddings import build_backbone, load_backbone
 from embeddings.losses import AdaptiveMarginPairLoss
-from labels.ingest import ingest
 from tests.conftest import REPO, copy_identities
 
 
@@ -119,16 +118,6 @@ TINY = {
     "init": "random", "arch": "ir_18", "aligned": True, "batch_size": 2, "val_fraction": 0.34, "lr": 1e-3,
     "device": "cpu", "workers": 0, "seed": 1,
 }
-
-
-@pytest.fixture(scope="module")
-def glint_work(glint_dir, tmp_path_factory):
-    """A work folder with 6 glint24 identities x 4 aligned photos, ingested once for every run in this module."""
-    names = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())[:6]
-    data = copy_identities(glint_dir, tmp_path_factory.mktemp("glint6"), names, per_identity=4)
-    work = tmp_path_factory.mktemp("work")
-    ingest(data, work, progress=False)
-    return work
 
 
 def _cfg(work, out, **changes):

@@ -24,8 +24,7 @@ from curation.train_config import resolve_config
 from curation.train_data import RankSlices, prepare_data, validation_pairs
 from curation.train_on_clean import validate
 from embeddings import build_backbone, load_backbone, read_checkpoint
-from labels.ingest import ingest
-from tests.conftest import REPO, copy_identities
+from tests.conftest import REPO
 
 # 6 identities x 4 photos, half held out: 36 training pairs (9 global batches of 4), 12 validation photos, which are
 # embedded in batches of 8, so rank 0 gets a full batch and rank 1 the uneven last one. Validation (and a save) at steps
@@ -48,15 +47,6 @@ def test_rank_slices_split_each_global_batch_and_resume_in_global_items():
                 together = sum((r[k * batch // size:(k + 1) * batch // size] for r in per_rank), [])
                 assert together == list(range(start + k * batch, start + (k + 1) * batch))
             assert all(len(r) == steps * batch // size for r in per_rank)
-
-
-@pytest.fixture(scope="module")
-def glint_work(glint_dir, tmp_path_factory):
-    names = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())[:6]
-    data = copy_identities(glint_dir, tmp_path_factory.mktemp("glint6"), names, per_identity=4)
-    work = tmp_path_factory.mktemp("work")
-    ingest(data, work, progress=False)
-    return work
 
 
 def _torchrun(*args: str) -> subprocess.Popen:
