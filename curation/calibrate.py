@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from curation.graph import gather
+from curation.graph import gather, slice_rows
 
 # Default target false-match rate of a graph edge, measured with benchmarks/planted_noise.py (the project's dlib
 # embedder; the 158 LFW identities with 10+ photos, at most 40 each; 10% of photos moved; seeds 0-2), as precision /
@@ -62,8 +62,9 @@ class Threshold:
 def identity_sums(emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_codes: int) -> np.ndarray:
     """Sum of the embeddings per identity code over `rows` ([n_codes, D] float32; zero rows where none)."""
     out = torch.zeros(n_codes, emb.shape[1], dtype=torch.float32)
-    for start in range(0, len(rows), 200_000):
-        part = rows[start : start + 200_000]
+    step = slice_rows(emb.shape[1])
+    for start in range(0, len(rows), step):
+        part = rows[start : start + step]
         out.index_add_(0, torch.from_numpy(codes[part]), gather(emb, part, torch.device("cpu"), torch.float32))
     return out.numpy()
 

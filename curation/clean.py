@@ -33,6 +33,7 @@ from curation import noise
 from curation.calibrate import DEFAULT_TARGET_FMR
 from curation.demo import DownloadError, fetch_lfw
 from curation.flagging import FlagConfig, FlagError, flag_embeddings
+from curation.graph import slice_rows, take_rows
 from embeddings.pipeline import ENGINES
 from labels.ingest import IngestError
 from labels.layouts import LayoutError
@@ -210,8 +211,16 @@ def _flag_and_write(
     (work / "clean").mkdir(parents=True, exist_ok=True)
     emb_row = np.full(len(images), -1, np.int64)
     emb_row[valid] = np.arange(int(valid.sum()))
-    np.save(work / "clean" / "embeddings.npy.tmp.npy", np.asarray(emb[valid], dtype=np.float16))
-    (work / "clean" / "embeddings.npy.tmp.npy").replace(work / "clean" / "embeddings.npy")
+    kept = np.flatnonzero(valid)  # written slice by slice: a copy of a 10M-photo array never passes through RAM
+    tmp = work / "clean" / "embeddings.npy.tmp.npy"
+    out = take_rows(emb, kept, out=np.lib.format.open_memmap(tmp, "w+", np.float16, (len(kept), emb.shape[1])))
+    step = slice_rows(out.shape[1])
+    for s in range(0, len(out), step):  # unit rows (--embeddings may hold raw features): the app's dot products are cosines
+        part = np.asarray(out[s : s + step], dtype=np.float32)
+        out[s : s + step] = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+    out.flush()
+    del out
+    tmp.replace(work / "clean" / "embeddings.npy")
     nodes = res.nodes
     nodes_out = pd.DataFrame(
         {
@@ -290,7 +299,7 @@ def clean_embeddings(
             images = images[~unknown].reset_index(drop=True)
             src = src[~unknown]
         rows = src.to_numpy(np.int64)
-        sub = np.asarray(emb[rows])
+        sub = take_rows(emb, rows)  # the memory map itself when the store lists the index's rows in order
         finite = np.ones(len(sub), bool)
         for s in range(0, len(sub), 262_144):
             finite[s : s + 262_144] = np.isfinite(sub[s : s + 262_144]).all(1)
@@ -437,6 +446,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--merge-ratio", type=float, default=FlagConfig.merge_ratio,
                    help="how close two identities' cross cosines come to their own, from the impostor mean (0) to"
                    " their own level (1), for a merge flag")
+    g.add_argument("--faiss-index", metavar="FACTORY",
+                   help="faiss index_factory string for the identity centroids, e.g. IVF4000,SQ8 or HNSW32 "
+                   "(default: chosen by size: Flat, IVF, IVF+SQ8)")
+    g.add_argument("--chunk-rows", type=int, default=FlagConfig.chunk_rows, metavar="N",
+                   help="photos per chunk of identities in the graph stage: bounds memory, does not change results "
+                   "(default: %(default)s)")
     e = p.add_argument_group("precomputed embeddings")
     e.add_argument("--embeddings", help="EMB.npy, N x D float32/float16 (with --index)")
     e.add_argument("--index", help="INDEX.csv: image,identity[,is_fake], row i describes row i of EMB.npy")
@@ -453,8 +468,11 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args) -> FlagConfig:
     if not 0 < args.target_fmr < 1:
         raise CleanError(f"--target-fmr must be between 0 and 1, got {args.target_fmr}")
+    if args.chunk_rows < 1:
+        raise CleanError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     return FlagConfig(threshold=args.threshold, target_fmr=args.target_fmr, split_ratio=args.split_ratio,
-                      merge_ratio=args.merge_ratio, seed=args.seed)
+                      merge_ratio=args.merge_ratio, seed=args.seed, faiss_index=args.faiss_index,
+                      chunk_rows=args.chunk_rows)
 
 
 def _run_planted(args, work: Path, progress: bool) -> int:

@@ -20,9 +20,17 @@ outlier / minority: mean cosine to the identity's main component (low = clearly 
 fake_mismatch: best cosine to a main-component photo; split: size of the 2nd component / size of the largest;
 merge: share of cross pairs joined by an edge; duplicate: cosine of the two photos.
 
+Memory past ten million photos: `emb` may be a read-only memory map (`np.load(path, mmap_mode="r")`, float16 kept as
+float16). It is read in passes that each hold a bounded part of it: norms in slices, the graphs in chunks of
+identities (`FlagConfig.chunk_rows`, see curation.graph), centroid sums in slices, flagged photos in batches. What
+stays in memory is the per-row output (~100 bytes a photo with the nodes table), one chunk, and the centroid index
+(2 x identities x D float32). Embeddings that are not unit length are normalised into a temporary file, not into RAM,
+when they come as a memory map.
+
 Example:
     >>> res = flag_embeddings(emb, identities, is_fake)
     >>> res.flags.head()        # row, identity, flag, component, suggested_identity, score, details
+    >>> res = flag_embeddings(np.load("emb.npy", mmap_mode="r"), identities)   # a file larger than RAM
 """
 from __future__ import annotations
 
@@ -40,7 +48,17 @@ from curation.calibrate import (
     hist_quantile,
     identity_sums,
 )
-from curation.graph import HIST_EDGES, padded_rows, segments, build_graphs, gather
+from curation.graph import (
+    CHUNK_ROWS,
+    HIST_EDGES,
+    build_graphs,
+    gather,
+    padded_rows,
+    scratch_array,
+    segments,
+    slice_rows,
+    take_rows,
+)
 from curation.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
 from embeddings.device import pick_device
 
@@ -64,6 +82,8 @@ class FlagConfig:
     merge_k: int = 5  # nearest identities checked per identity for merges
     nprobe: int = DEFAULT_NPROBE
     exact_max: int = EXACT_MAX
+    faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
+    chunk_rows: int = CHUNK_ROWS  # photos per chunk of identities in the graph pass (memory, not results)
     seed: int = 0
 
 
@@ -86,22 +106,33 @@ class FlagResult:
 
 
 def _normalised(emb: np.ndarray, valid: np.ndarray, messages: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Mark NaN/inf/zero rows invalid; renormalise rows only if the input is not unit length already."""
+    """Mark NaN/inf/zero rows invalid; renormalise rows only if the input is not unit length already.
+
+    Works slice by slice; a copy (other dtypes -> float32, or renormalised rows) goes to a temporary file when `emb`
+    is a memory map, so a file larger than RAM never has to fit in it.
+    """
+    on_disk = isinstance(emb, np.memmap)
     emb = np.asarray(emb)
-    if emb.dtype not in (np.float16, np.float32):
-        emb = emb.astype(np.float32)
+    step = slice_rows(emb.shape[1] if emb.ndim == 2 else 1)
     norms = np.empty(len(emb), dtype=np.float32)
-    for s in range(0, len(emb), 262_144):
-        part = gather(emb, np.arange(s, min(s + 262_144, len(emb))), torch.device("cpu"), torch.float32)
-        norms[s : s + 262_144] = torch.linalg.vector_norm(part, dim=1).numpy()
+    for s in range(0, len(emb), step):
+        part = gather(emb, np.arange(s, min(s + step, len(emb))), torch.device("cpu"), torch.float32)
+        norms[s : s + step] = torch.linalg.vector_norm(part, dim=1).numpy()
     bad = valid & ~(np.isfinite(norms) & (norms > 1e-6))
     if bad.any():
         messages.append(f"{int(bad.sum())} embedding row(s) hold NaN, inf or zeros: left out of the graphs")
     valid = valid & ~bad
-    if valid.any() and np.abs(norms[valid] - 1).max() > 1e-2:
+    renormalise = bool(valid.any() and np.abs(norms[valid] - 1).max() > 1e-2)
+    if renormalise:
         messages.append("embeddings were not unit length: normalised them (cosine similarity is what is compared)")
-        safe = np.where(valid, norms, 1.0).astype(np.float32)
-        emb = (np.nan_to_num(np.asarray(emb, dtype=np.float32)) / safe[:, None]).astype(emb.dtype)
+    if renormalise or emb.dtype not in (np.float16, np.float32):
+        dtype = emb.dtype if emb.dtype in (np.float16, np.float32) else np.dtype(np.float32)
+        out = scratch_array(emb.shape, dtype, on_disk)
+        safe = np.where(valid, norms, 1.0).astype(np.float32)[:, None]
+        for s in range(0, len(emb), step):
+            part = np.asarray(emb[s : s + step], dtype=np.float32)
+            out[s : s + step] = np.nan_to_num(part) / safe[s : s + step] if renormalise else part
+        emb = out
     return emb, valid
 
 
@@ -192,7 +223,9 @@ def flag_embeddings(
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool).copy()
     if len(codes) != n or len(is_fake) != n or len(valid) != n:
         raise FlagError(f"{n} embeddings but {len(codes)} identities / {len(is_fake)} fake marks / {len(valid)} valid marks")
+    on_disk = isinstance(emb, np.memmap)
     emb, valid = _normalised(emb, valid & (codes >= 0), messages)
+    step = slice_rows(emb.shape[1])
     real = valid & ~is_fake
     real_rows = np.flatnonzero(real)
     n_real = np.bincount(codes[real_rows], minlength=k_ids)
@@ -220,7 +253,7 @@ def flag_embeddings(
     timings["calibrate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    g = build_graphs(emb, codes, is_fake, valid, t, device=dev, progress=progress)
+    g = build_graphs(emb, codes, is_fake, valid, t, device=dev, chunk_rows=cfg.chunk_rows, progress=progress)
     timings["graph"] = time.perf_counter() - t0
 
     ident = g.identities.copy()
@@ -261,9 +294,13 @@ def flag_embeddings(
     main_rows = np.flatnonzero(real & (comp == 0))
     main_seg = segments(codes, main_rows, k_ids)
     cent_codes = np.flatnonzero(main_seg[2] > 0)
-    sums = identity_sums(emb, codes, main_rows, k_ids)
-    mean_norm = np.linalg.norm(sums, axis=1) / np.maximum(n_main, 1)
-    cent = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12))[cent_codes]
+    sums = identity_sums(emb, codes, main_rows, k_ids)  # [K, D] float32, normalised in place below (no 2nd copy)
+    sum_norm = np.concatenate([np.linalg.norm(sums[s : s + step], axis=1) for s in range(0, k_ids, step)])
+    mean_norm = sum_norm / np.maximum(n_main, 1)
+    sums /= np.maximum(sum_norm, 1e-12)[:, None]
+    # a file-backed emb means a big run: the centroids wait in a temporary file while the index holds its own copy
+    cent = take_rows(sums, cent_codes, out=scratch_array((len(cent_codes), emb.shape[1]), np.float32, on_disk))
+    del sums
     suggested = np.full(n, None, dtype=object)
     sugg_sim = np.full(n, np.nan, np.float32)
     flag_rows_list: list[dict] = []
@@ -284,15 +321,17 @@ def flag_embeddings(
         merge_t = 0.5 * float(med)
     index_kind = "none"
     if len(cent_codes) >= 2:
-        index_kind = plan_index(len(cent_codes), exact_max=cfg.exact_max)
+        index_kind = cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max)
         index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed)
 
         # suggestions (and duplicate candidates) for flagged photos and single-photo identities
         query_rows = np.union1d(flagged_rows, np.flatnonzero(real & np.isin(codes, singles)))
         kq = min(cfg.suggest_k + 1, len(cent_codes))
         if len(query_rows):
-            qx = np.asarray(emb[query_rows], np.float32)
-            s_sims, s_ids = knn(index, qx, kq, nprobe=cfg.nprobe)
+            s_sims, s_ids = np.empty((len(query_rows), kq), np.float32), np.empty((len(query_rows), kq), np.int64)
+            for s in range(0, len(query_rows), step):
+                qx = gather(emb, query_rows[s : s + step], torch.device("cpu"), torch.float32).numpy()
+                s_sims[s : s + step], s_ids[s : s + step] = knn(index, qx, kq, nprobe=cfg.nprobe)
             s_codes = np.where(s_ids >= 0, cent_codes[np.maximum(s_ids, 0)], -1)
             suggested[query_rows] = np.where(s_codes[:, 0] >= 0, names[np.maximum(s_codes[:, 0], 0)], None)
             sugg_sim[query_rows] = s_sims[:, 0]

@@ -14,6 +14,12 @@ a graph on m vertices whose minimum degree is >= (m - 1) / 2 is connected (two n
 neighbour), which holds for nearly every clean identity. `tests/test_graph.py` checks the result equals networkx on
 random graphs either way.
 
+How it stays within memory past ten million photos: identities are processed in chunks of about `chunk_rows` photos
+(an identity is never split), taken in the order their rows sit in the embedding array, and each chunk is read from
+it once (one stretch of a memory-mapped file when the file was written identity by identity). Memory then holds one
+chunk plus the per-row results (16 bytes a photo), never the whole N x D array; results do not depend on the chunk
+size beyond float rounding (`tests/test_flagging.py` checks the flags are the same).
+
 Example:
     >>> codes, names = pd.factorize(identity_per_row)
     >>> g = build_graphs(emb, codes, is_fake, valid, threshold=0.93)
@@ -21,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -37,6 +44,8 @@ HIST_EDGES = np.linspace(-1.0, 1.0, 401)
 
 NOT_IN_GRAPH = -2  # fakes, failed embeddings and rows without an identity
 ISOLATED = -1
+CHUNK_ROWS = 1_000_000  # photos per chunk: 1 GB of 512-d float16 (read from the file) + the blocks made from it
+IDENTITY_COLUMNS = ["n_real", "n_fake", "n_main", "n_isolated", "n_components", "second_size", "via"]
 
 
 @dataclass
@@ -84,6 +93,37 @@ def components_networkx(adj: np.ndarray) -> np.ndarray:
     return labels
 
 
+def slice_rows(dim: int, budget: int = 1 << 24) -> int:
+    """Rows per slice for passes that read the whole array: `budget` numbers (64 MB as float32) whatever the width."""
+    return max(1024, budget // max(1, dim))
+
+
+def scratch_array(shape: tuple[int, ...], dtype, on_disk: bool) -> np.ndarray:
+    """An uninitialised array to write a derived copy into: a temporary file (deleted when the array goes) when
+    `on_disk`, so that a copy of a memory-mapped file larger than RAM never has to fit in RAM; else plain memory."""
+    if on_disk:
+        return np.memmap(tempfile.TemporaryFile(), dtype=dtype, mode="w+", shape=shape)
+    return np.empty(shape, dtype)
+
+
+def take_rows(emb: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """emb[rows], copied slice by slice: into `out` if given (e.g. np.lib.format.open_memmap to write a .npy), else
+    into a `scratch_array` (on disk when `emb` is a memory map). All rows in order: `emb` itself, nothing copied.
+
+    Example:
+        >>> sub = take_rows(np.load("emb.npy", mmap_mode="r"), kept_rows)     # never more than a slice in RAM
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if out is None and len(rows) == len(emb) and np.array_equal(rows, np.arange(len(emb))):
+        return emb
+    if out is None:
+        out = scratch_array((len(rows), *emb.shape[1:]), emb.dtype, isinstance(emb, np.memmap))
+    step = slice_rows(int(np.prod(emb.shape[1:])))
+    for s in range(0, len(rows), step):
+        out[s : s + step] = emb[rows[s : s + step]]
+    return out
+
+
 def gather(emb: np.ndarray, rows: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """emb[rows] as a tensor on `device`: torch gathers and widens float16 rows several times faster than numpy."""
     with warnings.catch_warnings():
@@ -125,6 +165,33 @@ def _blocks(n_real: np.ndarray, n_fake: np.ndarray, ids: np.ndarray, dim: int, b
     return out
 
 
+def identity_chunks(
+    codes: np.ndarray, rows: np.ndarray, n_codes: int, chunk_rows: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The identities of `rows` in chunks of about `chunk_rows` rows, an identity never split: [(codes, rows), ...].
+
+    rows: ascending row numbers (e.g. the valid ones); codes: identity code per row of the whole array.
+    Identities are grouped once (an argsort over their codes) and ordered by their median row, i.e. by where they sit
+    in the array, so a chunk of a file written identity by identity is read as one stretch even when mislabelled
+    photos gave some identity an early first appearance. Each chunk's codes and rows come back in ascending order.
+
+    Example:
+        >>> identity_chunks(np.array([0, 0, 1, 1, 2]), np.arange(5), 3, chunk_rows=3)
+        [(array([0, 1]), array([0, 1, 2, 3])), (array([2]), array([4]))]
+    """
+    order, starts, counts = segments(codes, rows, n_codes)
+    ids = np.flatnonzero(counts)
+    if len(ids) == 0:
+        return []
+    ids = ids[np.argsort(order[starts[ids] + counts[ids] // 2], kind="stable")]
+    before = np.cumsum(counts[ids]) - counts[ids]  # rows of the identities ahead of each one
+    chunk_of = np.zeros(n_codes, np.int64)
+    chunk_of[ids] = np.unique(before // max(1, chunk_rows), return_inverse=True)[1]
+    by_chunk = rows[np.argsort(chunk_of[codes[rows]], kind="stable")]
+    bounds = np.cumsum(np.bincount(chunk_of[codes[by_chunk]]))[:-1]
+    return [(np.unique(codes[part]), part) for part in np.split(by_chunk, bounds)]
+
+
 def build_graphs(
     emb: np.ndarray,
     codes: np.ndarray,
@@ -134,24 +201,63 @@ def build_graphs(
     *,
     device: str | torch.device = "auto",
     block_elems: int = 1 << 24,
+    chunk_rows: int = CHUNK_ROWS,
     progress: bool = False,
 ) -> GraphResult:
     """Build every identity's similarity graph and find its components.
 
-    emb: [N, D] float16/float32, L2-normalised rows (rows where `valid` is False are never read).
+    emb: [N, D] float16/float32, L2-normalised rows (rows where `valid` is False are never read); a memory map is fine.
     codes: int [N] identity code per row (0..K-1; negative = no identity), e.g. from `pandas.factorize`.
     is_fake, valid: bool [N]. Only valid real photos enter the graphs; valid fakes are scored against the main component.
     threshold: cosine at or above which two photos are joined by an edge (see curation.calibrate).
     block_elems: memory budget per batched multiply, in numbers (2**24 float32 = 64 MB plus the embeddings gathered).
+    chunk_rows: photos read from `emb` per chunk of identities (see the module docstring); one chunk reads it in place.
     """
     n = len(codes)
     codes = np.asarray(codes, dtype=np.int64)
     n_codes = int(codes.max()) + 1 if n and codes.max() >= 0 else 0
     dev = pick_device(device) if not isinstance(device, torch.device) else device
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32  # fp16 matmuls are slow on CPUs
-
     valid = np.asarray(valid, bool) & (codes >= 0)
     is_fake = np.asarray(is_fake, bool)
+    chunks = identity_chunks(codes, np.flatnonzero(valid), n_codes, chunk_rows)
+    if len(chunks) <= 1:
+        return _graphs(emb, codes, n_codes, is_fake, valid, threshold, dev, block_elems, progress)
+
+    component = np.full(n, NOT_IN_GRAPH, dtype=np.int32)
+    degree = np.zeros(n, dtype=np.int32)
+    sim_to_main = np.full(n, np.nan, dtype=np.float32)
+    best_to_main = np.full(n, np.nan, dtype=np.float32)
+    ident = {c: np.zeros(n_codes, np.int64) for c in IDENTITY_COLUMNS[:-1]} | {"via": np.full(n_codes, "none", object)}
+    hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
+    local = np.full(n_codes, -1, dtype=np.int64)
+    stored = torch.float16 if emb.dtype == np.float16 else torch.float32
+    for ids, part in tqdm(chunks, desc="graphs", unit="chunk", disable=not progress):
+        local[ids] = np.arange(len(ids))
+        x = gather(emb, part, torch.device("cpu"), stored).numpy()  # the chunk's rows, read in file order
+        g = _graphs(x, local[codes[part]], len(ids), is_fake[part], np.ones(len(part), bool), threshold, dev,
+                    block_elems, False)
+        component[part], degree[part] = g.component, g.degree
+        sim_to_main[part], best_to_main[part] = g.sim_to_main, g.best_to_main
+        for c in IDENTITY_COLUMNS:
+            ident[c][ids] = g.identities[c].to_numpy()
+        hist += g.same_identity_hist
+    return GraphResult(component, degree, sim_to_main, best_to_main, pd.DataFrame(ident), hist)
+
+
+def _graphs(
+    emb: np.ndarray,
+    codes: np.ndarray,
+    n_codes: int,
+    is_fake: np.ndarray,
+    valid: np.ndarray,
+    threshold: float,
+    dev: torch.device,
+    block_elems: int,
+    progress: bool,
+) -> GraphResult:
+    """build_graphs on one chunk: `emb` is read in place, identity codes are 0..n_codes-1, `valid` excludes code < 0."""
+    n = len(codes)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32  # fp16 matmuls are slow on CPUs
     real_rows = np.flatnonzero(valid & ~is_fake)
     fake_rows = np.flatnonzero(valid & is_fake)
     r_order, r_starts, n_real = segments(codes, real_rows, n_codes)

@@ -158,6 +158,7 @@ def synthetic_embeddings(
     photo_weight: float = 0.75,
     seed: int = 0,
     chunk: int = 100_000,
+    path: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Planted noise without photos: clustered unit embeddings for scale benchmarks and tests.
 
@@ -167,6 +168,8 @@ def synthetic_embeddings(
     (same-person cosine ~ photo_weight^2). Identity sizes vary between half and 1.5x `photos_per_identity` (at least 2).
     Then a `moved` share of photos get a wrong identity label, and the photos of `split` identities are split over two
     labels: the second half of identity j (j < split) gets the new code n_identities + j (a merge to find).
+    path: write the embeddings to this .npy file chunk by chunk (returned as a memory map), for sets larger than RAM;
+    the numbers are the same as in memory.
     Returns (float16 [N, dim] unit rows, given identity code [N], true identity code [N]).
     """
     rng = np.random.default_rng(seed)
@@ -183,7 +186,8 @@ def synthetic_embeddings(
         np.sqrt(group_weight) * groups[rng.integers(0, n_groups, n_identities)]
         + np.sqrt(1 - group_weight) * unit(rng.standard_normal((n_identities, dim), dtype=np.float32))
     )
-    emb = np.empty((n, dim), dtype=np.float16)
+    shape = (n, dim)
+    emb = np.empty(shape, np.float16) if path is None else np.lib.format.open_memmap(path, "w+", np.float16, shape)
     for s in range(0, n, chunk):
         part = truth[s : s + chunk]
         noise_part = unit(rng.standard_normal((len(part), dim), dtype=np.float32))

@@ -1,16 +1,33 @@
-"""faiss nearest-neighbour search across identities: the index is chosen by size so it scales past a million rows.
+"""faiss nearest-neighbour search across identities: the index is chosen by size so it scales past ten million photos.
 
 Why faiss: comparing every identity with every other one is quadratic (10^10 cosines of 512 numbers for 100,000
 identities). Below `EXACT_MAX` rows an exact inner-product index (IndexFlatIP) is cheap enough and gives the true
 neighbours; above it an inverted-file index (IVF, ~4 * sqrt(n) lists, `nprobe` of them scanned per query) trades a little
 recall for a ~100x smaller scan; above `SQ8_MIN` rows the vectors are also stored as 8-bit scalars (4x less memory).
-What cleaning searches are identity centroids (one per identity), so a million photos means ~100,000 indexed rows.
+What cleaning searches are identity centroids (one per identity), so ten million photos mean ~1,000,000 indexed rows.
 
-On a CUDA machine the index moves to the GPU (faiss-gpu) when `device` says so.
+Why IVF and not HNSW by default: cleaning runs one big batch of queries (every centroid, every flagged photo) and then
+throws the index away, so what counts is build time + batch search time + recall, not the latency of one query.
+Measured with `benchmarks/bench_flagging.py --compare-indexes` (512-d; 2 shared cores; recall against exact search):
+  100,020 centroids   IVF1265,Flat  build 10.5 s, merge batch 6.2 s, 100k photo queries 17.0 s, photo recall@1 1.000
+                      HNSW32        build 24.0 s, merge batch 25.3 s, 100k photo queries 61.9 s, photo recall@1 0.883
+  1,000,020 centroids IVF4000,Flat  build 65 s, merge batch 140 s, 100k photo queries 24 s, photo recall@1 1.000
+                      IVF4000,SQ8   build 63 s, merge batch 70 s, 100k photo queries 12.5 s, photo recall@1 1.000
+                      HNSW32        build 218 s, merge batch 107 s, 100k photo queries 31 s, photo recall@1 0.656
+HNSW's random walks over 512-d rows cost more than IVF's contiguous scans at the recall cleaning needs, it keeps 256
+more bytes per row of graph links, and faiss has no GPU HNSW; IVF runs on the GPU and shards across GPUs. HNSW stays
+one factory string away (`factory="HNSW32"`, or `FlagConfig.faiss_index`), with efSearch set from `nprobe` (see
+`set_search_effort`). IVF+SQ8 scans 4x fewer bytes, which is what the batch search is bound by on a CPU: at a million
+centroids `FlagConfig(faiss_index="IVF4000,SQ8")` halves the search time for the same recall.
+
+On a CUDA machine (`use_gpu`) the index moves to the GPU, and with several GPUs it is sharded across them (each GPU
+holds 1/n of the rows and searches its part for every query), so the centroid index is bounded by the sum of the GPUs'
+memory rather than one GPU's.
 
 Example:
     >>> index = build_index(centroids)                # [K, D] float32, unit rows
     >>> sims, ids = knn(index, queries, k=5)         # ids == -1 where fewer than k neighbours exist
+    >>> index = build_index(centroids, factory="HNSW32")   # a graph index instead (CPU only)
 """
 from __future__ import annotations
 
@@ -22,6 +39,7 @@ import numpy as np
 EXACT_MAX = 10_000  # rows; exact search costs queries x rows x 512 multiply-adds: 10k x 10k takes ~2 s on two cores
 SQ8_MIN = 4_000_000  # rows; from here float32 vectors (2 KB each at 512-d) would crowd memory
 DEFAULT_NPROBE = 16
+HNSW_EF_PER_PROBE = 4  # efSearch = this x nprobe (64 at the default): the same "search effort" knob for both kinds
 
 
 def plan_index(n: int, *, exact_max: int = EXACT_MAX, sq8_min: int = SQ8_MIN) -> str:
@@ -30,6 +48,20 @@ def plan_index(n: int, *, exact_max: int = EXACT_MAX, sq8_min: int = SQ8_MIN) ->
         return "Flat"
     nlist = int(min(65536, n // 39, max(16, 4 * math.sqrt(n))))  # faiss wants >= 39 training rows per list
     return f"IVF{nlist},{'SQ8' if n >= sq8_min else 'Flat'}"
+
+
+def to_gpus(index: faiss.Index) -> faiss.Index:
+    """The index on every GPU faiss sees: one GPU as is, several as shards (rows split evenly); unchanged without GPUs.
+
+    Call it on a trained, empty index and add the rows afterwards, so the GPUs also do the assignment of rows to lists.
+    Graph indexes (HNSW) have no GPU version in faiss: they stay on the CPU.
+    """
+    n_gpus = faiss.get_num_gpus()
+    if n_gpus == 0 or "HNSW" in type(index).__name__:
+        return index
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = n_gpus > 1
+    return faiss.index_cpu_to_all_gpus(index, co=options)
 
 
 def build_index(
@@ -44,6 +76,7 @@ def build_index(
 
     factory: a faiss index_factory string; by default `plan_index(n)`. IVF indexes are trained on at most 40 rows per
     list (k-means, 10 iterations), which is what keeps training at a million rows to seconds.
+    use_gpu: move the index to the GPU(s) when faiss sees any (see `to_gpus`); a no-op otherwise.
     """
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
@@ -54,14 +87,27 @@ def build_index(
         ivf.cp.niter = 10
         ivf.cp.seed = seed
         ivf.cp.max_points_per_centroid = 40
-        ivf.nprobe = nprobe
         rng = np.random.default_rng(seed)
         sample = x[np.sort(rng.choice(n, min(n, 40 * ivf.nlist), replace=False))]
         index.train(sample)
-    if use_gpu and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+    if use_gpu:
+        index = to_gpus(index)
+    set_search_effort(index, nprobe)
     index.add(x)
     return index
+
+
+def set_search_effort(index: faiss.Index, nprobe: int) -> None:
+    """How hard searches look: `nprobe` lists for IVF indexes, efSearch = 4 x nprobe for HNSW; nothing for exact ones.
+
+    faiss's ParameterSpace reaches through GPU copies and shards; the GPU variant also knows the GPU IVF classes.
+    """
+    space = faiss.GpuParameterSpace() if faiss.get_num_gpus() else faiss.ParameterSpace()
+    for name, value in (("nprobe", nprobe), ("efSearch", HNSW_EF_PER_PROBE * nprobe)):
+        try:
+            space.set_index_parameter(index, name, value)
+        except RuntimeError:  # the index has no such knob (exact search, or the other kind)
+            pass
 
 
 def knn(
@@ -69,19 +115,17 @@ def knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k most similar indexed rows of each query: (sims float32 [q, k], ids int64 [q, k], -1 = none).
 
-    nprobe: lists an IVF index scans for these queries (default: what it was built with); queries that are near copies
-    of indexed rows need few, queries from farther away need more.
+    queries: [q, d], any float dtype (a float16 memory map is fine: it is widened to float32 one chunk at a time).
+    nprobe: search effort for these queries (default: what the index was built with); queries that are near copies
+    of indexed rows need few lists, queries from farther away need more.
     """
-    q = np.ascontiguousarray(queries, dtype=np.float32)
     if nprobe is not None:
-        try:
-            faiss.extract_index_ivf(index).nprobe = nprobe
-        except RuntimeError:  # not an IVF index (exact search): nothing to set
-            pass
+        set_search_effort(index, nprobe)
     k = max(1, min(k, index.ntotal))
-    sims = np.full((len(q), k), -np.inf, dtype=np.float32)
-    ids = np.full((len(q), k), -1, dtype=np.int64)
-    for s in range(0, len(q), chunk):
-        sims[s : s + chunk], ids[s : s + chunk] = index.search(q[s : s + chunk], k)
+    sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for s in range(0, len(queries), chunk):
+        q = np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32)
+        sims[s : s + chunk], ids[s : s + chunk] = index.search(q, k)
     sims[ids < 0] = -np.inf
     return sims, ids

@@ -177,3 +177,25 @@ def test_empty_dataset_and_identical_embeddings(tmp_path, capsys):
     assert clean.main(["--embeddings", str(tmp_path / "emb.npy"), "--index", str(tmp_path / "index.csv"),
                        "--workdir", str(tmp_path / "w2"), "--no-progress"]) == 0
     assert "(nearly) identical" in capsys.readouterr().out
+
+
+def test_faiss_index_and_chunk_options_reach_the_flagging_and_keep_the_flags(tmp_path, capsys):
+    emb, index, _, _ = _index_dataset(tmp_path)
+    scale = np.random.default_rng(1).uniform(0.5, 20, (len(emb), 1))
+    np.save(tmp_path / "emb.npy", (emb.astype(np.float64) * scale).astype(np.float16))  # raw features, not unit rows
+    index.to_csv(tmp_path / "index.csv", index=False)
+    base = ["--embeddings", str(tmp_path / "emb.npy"), "--index", str(tmp_path / "index.csv"), "--no-progress"]
+    assert clean.main([*base, "--workdir", str(tmp_path / "a")]) == 0
+    assert clean.main([*base, "--workdir", str(tmp_path / "b"), "--faiss-index", "HNSW32", "--chunk-rows", "7"]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    config = report["thresholds"]["config"]
+    assert (config["faiss_index"], config["chunk_rows"]) == ("HNSW32", 7)
+    columns = ["image", "identity", "flag", "suggested_identity"]
+    a, b = (pd.read_csv(tmp_path / w / "flags.csv", keep_default_na=False)[columns] for w in "ab")
+    pd.testing.assert_frame_equal(a.sort_values(columns, ignore_index=True), b.sort_values(columns, ignore_index=True))
+    written = np.load(tmp_path / "b" / "clean" / "embeddings.npy").astype(np.float64)  # what the app's cosines use
+    unit = emb.astype(np.float64) / np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
+    assert written.shape == unit.shape and np.abs(written - unit).max() < 2e-3
+    capsys.readouterr()
+    assert clean.main([*base, "--workdir", str(tmp_path / "c"), "--chunk-rows", "0"]) == 2
+    assert "--chunk-rows must be at least 1" in capsys.readouterr().err

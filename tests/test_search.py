@@ -1,11 +1,12 @@
 """faiss search (curation.search) against brute force numpy."""
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
 from curation.noise import synthetic_embeddings
-from curation.search import DEFAULT_NPROBE, build_index, knn, plan_index
+from curation.search import DEFAULT_NPROBE, build_index, knn, plan_index, to_gpus
 
 
 def _brute(x, q, k):
@@ -52,3 +53,50 @@ def test_knn_with_fewer_rows_than_k():
     x = np.eye(3, dtype=np.float32)
     sims, ids = knn(build_index(x), x, 10)
     assert ids.shape == (3, 3) and (ids[:, 0] == [0, 1, 2]).all()
+
+
+def _centres(n_ids=3000, dim=64):
+    emb, given, truth = synthetic_embeddings(n_ids, 4, dim, moved=0.0, seed=1)
+    x = emb.astype(np.float32)
+    centres = np.zeros((n_ids, dim), np.float32)
+    np.add.at(centres, truth, x)
+    return x, centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def test_hnsw_option_and_search_effort():
+    x, centres = _centres()
+    index = build_index(centres, factory="HNSW32", nprobe=8)
+    assert index.hnsw.efSearch == 32  # 4 x nprobe
+    sims, ids = knn(index, x[:2000], 3, nprobe=16)
+    assert index.hnsw.efSearch == 64
+    ref_s, ref_i = _brute(centres, x[:2000], 1)
+    assert np.mean(ids[:, 0] == ref_i[:, 0]) >= 0.95
+    ivf = build_index(centres, factory="IVF64,Flat", nprobe=3)
+    assert faiss.extract_index_ivf(ivf).nprobe == 3
+    knn(ivf, x[:10], 1, nprobe=7)
+    assert faiss.extract_index_ivf(ivf).nprobe == 7
+
+
+def test_float16_queries_are_widened_chunk_by_chunk():
+    x, centres = _centres()
+    index = build_index(centres, factory="IVF64,Flat")
+    a = knn(index, x[:1000], 3, chunk=128)
+    b = knn(index, x[:1000].astype(np.float16).astype(np.float32), 3)
+    c = knn(index, x[:1000].astype(np.float16), 3, chunk=100)
+    assert (a[1][:, 0] == b[1][:, 0]).mean() > 0.99 and np.array_equal(b[1], c[1])
+
+
+@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="no GPU visible to faiss")
+def test_gpu_index_agrees_with_cpu():
+    x, centres = _centres()
+    for factory in ("Flat", "IVF64,Flat", "IVF64,SQ8"):
+        cpu = knn(build_index(centres, factory=factory), x[:2000], 3)[1]
+        gpu = knn(build_index(centres, factory=factory, use_gpu=True), x[:2000], 3)[1]
+        assert np.mean(cpu[:, 0] == gpu[:, 0]) >= 0.99, factory
+
+
+def test_without_gpus_the_index_stays_on_the_cpu():
+    if faiss.get_num_gpus():
+        pytest.skip("GPUs present")
+    index = faiss.IndexFlatIP(8)
+    assert to_gpus(index) is index
