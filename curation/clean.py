@@ -34,6 +34,7 @@ from curation.calibrate import DEFAULT_TARGET_FMR
 from curation.demo import DownloadError, fetch_lfw
 from curation.flagging import FlagConfig, FlagError, flag_embeddings
 from curation.graph import slice_rows, take_rows
+from curation.predict import add_embedding_options
 from embeddings.pipeline import ENGINES
 from labels.ingest import IngestError
 from labels.layouts import LayoutError
@@ -426,16 +427,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", help="dataset folder (identity folders [+ meta.json], or images/ + meta.json); "
                    "omit for the demo")
     p.add_argument("--workdir", default="work", help="work folder: label store, caches, outputs (default: ./work)")
-    p.add_argument("--model", default="dlib", help="dlib | ir:<arch>:<checkpoint> | onnx:<file> (default: dlib)")
-    p.add_argument("--aligned", action="store_true", help="photos already are 112x112 ArcFace-template crops")
-    p.add_argument("--detector", default="dlib", help="face detector: dlib | scrfd:<file.onnx> (default: dlib)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding and aligning photos")
-    p.add_argument("--engine", choices=ENGINES, default="local",
+    m = add_embedding_options(p, None)  # the cache is WORKDIR/cache
+    m.add_argument("--engine", choices=ENGINES, default="local",
                    help="where the embedding pass runs: local (this machine) or ray (a Ray cluster: pip install -r "
                    "requirements-ray.txt; photos and WORKDIR on a filesystem every node sees)")
-    p.add_argument("--ray-address", help="with --engine ray: auto (the cluster this machine joined), ray://HEAD:10001, "
+    m.add_argument("--ray-address", help="with --engine ray: auto (the cluster this machine joined), ray://HEAD:10001, "
                    "or none to start Ray on this machine (default: $RAY_ADDRESS if set)")
     g = p.add_argument_group("flagging")
     g.add_argument("--threshold", type=float, help="edge threshold (cosine); default: calibrated from the data")
@@ -461,7 +457,6 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--demo-identities", type=int, default=100, help="identities (10+ photos) used by the demo (100)")
     d.add_argument("--noisy-dir", help="where the noisy copy goes (default: WORKDIR-data, beside the work folder)")
     d.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 

@@ -291,9 +291,10 @@ def problems_path(out: Path) -> Path:
 # ----------------------------------------------------------------------------------------------------------- the CLI
 
 
-def add_embedding_options(parser: argparse.ArgumentParser, cache_default: str) -> None:
-    """The model and embedding-pass options, shared by `curation.predict` and `curation.evaluate --pairs`;
-    `cache_default` says where the command puts the cache when --cache is not given."""
+def add_embedding_options(parser: argparse.ArgumentParser, cache_default: str | None) -> argparse._ArgumentGroup:
+    """The model and embedding-pass options, shared by `curation.predict`, `curation.evaluate --pairs` and
+    `curation.clean`; `cache_default` says where the command puts the cache when --cache is not given (None: the
+    command has no --cache, its cache lives in its work folder). Returns the group, for a command's own options."""
     g = parser.add_argument_group("model and embedding pass")
     g.add_argument("--model", default="dlib", metavar="SPEC",
                    help="embedder: dlib | ir:<arch>:<checkpoint> | onnx:<file.onnx> (default: dlib)")
@@ -304,10 +305,12 @@ def add_embedding_options(parser: argparse.ArgumentParser, cache_default: str) -
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="crops per model call (default: 64)")
     g.add_argument("--workers", type=int, default=2, metavar="N",
                    help="DataLoader processes decoding and aligning photos (default: 2; 0 = in the main process)")
-    g.add_argument("--cache", type=Path, metavar="DIR",
-                   help=f"crop and embedding cache, content-addressed: share it between runs and commands (default: "
-                   f"{cache_default})")
+    if cache_default is not None:
+        g.add_argument("--cache", type=Path, metavar="DIR",
+                       help=f"crop and embedding cache, content-addressed: share it between runs and commands (default: "
+                       f"{cache_default})")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return g
 
 
 def check_embedding_options(args) -> None:
