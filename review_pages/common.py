@@ -143,29 +143,27 @@ def restore_state() -> None:
     qp = st.query_params
     if qp.get("reviewer"):
         st.session_state.reviewer = qp["reviewer"]
-    if qp.get("view") in VIEWS:
-        st.session_state.nav = qp["view"]
-    if qp.get("identity"):
-        st.session_state.identity = qp["identity"]
-    st.session_state.rank = _int(qp.get("rank"), 0)
-    st.session_state.queue_offset = _int(qp.get("qpage"), 0)
-    kinds = [k for k in (qp.get("kinds") or "").split(",") if k in FLAG_KINDS]
-    st.session_state.queue_kinds = kinds
+    _apply_position({**qp.to_dict(), "kinds": (qp.get("kinds") or "").split(",")})
     st.session_state._restored = True
 
 
-def restore_position(store: LabelStore, reviewer: str) -> None:
-    """A reviewer who opens the app without a position in the URL resumes at the one saved in the store."""
-    if st.query_params.get("view"):
-        return
-    pos = rv.load_position(store, reviewer)
+def _apply_position(pos: dict) -> None:
+    """Put a saved position (view, identity, rank, qpage, kinds: from the URL or the store) into session state,
+    dropping what is not valid."""
     if pos.get("view") in VIEWS:
         st.session_state.nav = pos["view"]
     if pos.get("identity"):
         st.session_state.identity = pos["identity"]
     st.session_state.rank = _int(pos.get("rank"), 0)
     st.session_state.queue_offset = _int(pos.get("qpage"), 0)
-    st.session_state.queue_kinds = [k for k in pos.get("kinds", []) if k in FLAG_KINDS]
+    st.session_state.queue_kinds = [k for k in pos.get("kinds") or [] if k in FLAG_KINDS]
+
+
+def restore_position(store: LabelStore, reviewer: str) -> None:
+    """A reviewer who opens the app without a position in the URL resumes at the one saved in the store."""
+    if st.query_params.get("view"):
+        return
+    _apply_position(rv.load_position(store, reviewer))
 
 
 def _int(value, default: int) -> int:
