@@ -11,6 +11,7 @@ import sys
 
 import streamlit as st
 
+from labels.cli import UserError
 from curation import review as rv
 from labels.store import LabelStore, StoreError
 from review_pages import common, evaluation, export, identity, overview, queue, search, training
@@ -59,7 +60,7 @@ def main() -> None:
         st.stop()
     try:
         work = rv.WorkFolder.open(args.workdir)
-    except rv.ReviewError as exc:
+    except UserError as exc:
         common.error_page(str(exc))
     if "store" not in st.session_state or st.session_state.get("store_root") != str(work.root):
         try:
@@ -85,7 +86,7 @@ def main() -> None:
     common.show_flash()
     try:
         PAGES[st.session_state.nav](sess)
-    except (rv.ReviewError, StoreError) as exc:
+    except UserError as exc:
         st.error(str(exc))
     common.sync_position(sess)
 

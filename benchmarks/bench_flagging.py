@@ -2,7 +2,7 @@
 
 Writes (once per size, into --data) what a user of `python -m curation.clean --embeddings EMB.npy --index INDEX.csv`
 would have: clustered float16 embeddings with 5% planted wrong labels and some identities split over two labels
-(curation.noise.synthetic_embeddings, written to the .npy chunk by chunk, in a child process, so neither generation
+(curation.flagging.noise.synthetic_embeddings, written to the .npy chunk by chunk, in a child process, so neither generation
 nor its memory counts here), INDEX.csv (image,identity) and the truth. Then it times, in this process:
 1. `curation.clean.load_index` (INDEX.csv read and checked row by row; EMB.npy opened with mmap_mode="r");
 2. `curation.flagging.flag_embeddings` on the memory map (stages: prepare, calibrate, graph, search_suggest,
@@ -35,11 +35,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from curation.calibrate import identity_centroids  # noqa: E402
+from curation.flagging.calibrate import identity_centroids  # noqa: E402
 from curation.clean import clean_embeddings, load_index  # noqa: E402
 from curation.flagging import FlagConfig, flag_embeddings  # noqa: E402
-from curation.noise import synthetic_embeddings  # noqa: E402
-from curation.search import build_index, knn, plan_index  # noqa: E402
+from curation.flagging.noise import synthetic_embeddings  # noqa: E402
+from curation.flagging.search import build_index, knn, plan_index  # noqa: E402
 
 
 class PeakMemory:

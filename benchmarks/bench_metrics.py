@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation import metrics  # noqa: E402
-from curation.pairs import PAIR_KINDS, DIFFERENT, OWN_FAKE, SAME  # noqa: E402
+from curation.scoring import metrics  # noqa: E402
+from curation.training.pairs import PAIR_KINDS, DIFFERENT, OWN_FAKE, SAME  # noqa: E402
 
 
 def main() -> None:

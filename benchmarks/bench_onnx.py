@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.export_onnx import export_onnx, synthetic_crops  # noqa: E402
+from embeddings.onnx_export import export_onnx, synthetic_crops  # noqa: E402
 from embeddings.backbones import ARCHS, build_backbone  # noqa: E402
 from embeddings.ortsession import _usable_cores, ort_session  # noqa: E402
 from embeddings.preprocess import to_input  # noqa: E402

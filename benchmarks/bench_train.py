@@ -1,6 +1,6 @@
 """Fine-tuning speed: optimizer steps per second of the pair objective at batch 32 (64 crops per step), per backbone.
 
-Runs `curation.train_on_clean.train_step` (to_input, forward of both sides of every pair, adaptive-margin loss, backward,
+Runs `curation.training.loop.train_step` (to_input, forward of both sides of every pair, adaptive-margin loss, backward,
 AdamW) on random uint8 crops (the arithmetic does not depend on the pixels; decoding is measured by the real runs'
 progress bar), after warm-up steps. Prints steps/s and images/s; the figure to report is the median step.
 
@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.train_config import resolve_config  # noqa: E402
-from curation.train_on_clean import train_step  # noqa: E402
+from curation.training.config import resolve_config  # noqa: E402
+from curation.training.loop import train_step  # noqa: E402
 from embeddings import build_backbone  # noqa: E402
 from embeddings.device import amp_dtype, pick_device  # noqa: E402
 from embeddings.losses import AdaptiveMarginPairLoss  # noqa: E402

@@ -2,7 +2,7 @@
 
 1. From real photos (a folder of identity folders, e.g. ../shared/faces/lfw), hold out `--val-identities` people as a
    clean validation set and take `--identities` others for training.
-2. Plant label noise in the training people (`curation.noise.plant`: ~10% of photos moved to wrong identities, two people
+2. Plant label noise in the training people (`curation.flagging.noise.plant`: ~10% of photos moved to wrong identities, two people
    merged under one name, one person split in two, duplicates, mismatched deepfake stand-ins), then add synthetic deepfakes
    of every identity (`curation.fakes`) to both the noisy training set and the validation set.
 3. Clean the noisy set (`curation.clean`: dlib embeddings by default, flags in the label store).
@@ -33,12 +33,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation import noise  # noqa: E402
+from curation.flagging import noise  # noqa: E402
 from curation.clean import clean_dataset, format_summary  # noqa: E402
-from curation.fakes import make_fakes  # noqa: E402
-from curation.train_config import resolve_config  # noqa: E402
-from curation.train_on_clean import train  # noqa: E402
-from curation.train_run import RunFolder  # noqa: E402
+from curation.training.fakes import make_fakes  # noqa: E402
+from curation.training.config import resolve_config  # noqa: E402
+from curation.training.loop import train  # noqa: E402
+from curation.training.run_folder import RunFolder  # noqa: E402
 from labels.export import effective_labels  # noqa: E402
 from labels.ingest import ingest  # noqa: E402
 from labels.store import LabelStore  # noqa: E402

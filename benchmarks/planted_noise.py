@@ -1,7 +1,7 @@
 """Planted-noise benchmark on real photos: how well do the flags find known label errors?
 
 Takes the LFW identities with 10+ photos (at most 40 each) from ../shared/faces/lfw (or --src), plants noise with
-curation.noise (10% moved photos, two people merged into one folder, one person split over two folders, copies,
+curation.flagging.noise (10% moved photos, two people merged into one folder, one person split over two folders, copies,
 deepfake stand-ins), runs the full `python -m curation.clean` (default: the offline dlib embedder) and prints
 precision/recall of outlier+minority against the planted errors, suggested-identity accuracy and whether the merge and
 split were caught. Several --target-fmr values reuse the cached embeddings, so a sweep costs one embedding pass.

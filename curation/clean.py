@@ -5,9 +5,9 @@ Three ways in:
 - `--embeddings EMB.npy --index INDEX.csv`: precomputed embeddings. Row i of INDEX.csv (`image,identity[,is_fake]`)
   describes row i of EMB.npy. The label store gets one image per index row *without reading any file* (size 0, no
   hash; the dataset root recorded is INDEX.csv's folder, so the app shows the photos if they exist there);
-- nothing (the demo), or `--plant-noise` with a clean dataset: plant known label noise in a copy (curation.noise), clean
+- nothing (the demo), or `--plant-noise` with a clean dataset: plant known label noise in a copy (curation.flagging.noise), clean
   the copy and print how well the flags matched the planted errors. The demo's photos are LFW (downloaded once, checksum
-  verified; curation.demo) or `--from DIR`, any folder of identity folders.
+  verified; curation.flagging.demo) or `--from DIR`, any folder of identity folders.
 
 Outputs in WORK: labels.sqlite (flags of source 'clean', replaced as a set each run; reviewers' answers are kept),
 flags.csv, report.json, clean/nodes.parquet + clean/embeddings.npy (see ARCHITECTURE.md). Embeddings are cached under
@@ -29,19 +29,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation import noise
-from curation.calibrate import DEFAULT_TARGET_FMR
-from curation.demo import DownloadError, fetch_lfw
-from curation.flagging import FlagConfig, FlagError, flag_embeddings
-from curation.graph import slice_rows, take_rows
-from curation.predict import add_embedding_options
+from curation.cli import RESUME_HINT, add_embedding_options, build_embedder
+from curation.flagging import FlagConfig, flag_embeddings, noise
+from curation.flagging.calibrate import DEFAULT_TARGET_FMR
+from curation.flagging.demo import DownloadError, fetch_lfw
+from curation.flagging.graph import take_rows
+from curation.workfolder import FLAG_COLUMNS, WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.pipeline import ENGINES
-from labels.ingest import IngestError
-from labels.layouts import LayoutError
+from labels.cli import UserError, run_cli
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
 
 SOURCE = "clean"
-FLAG_COLUMNS = ["image", "identity", "flag", "component", "suggested_identity", "score"]
 REVIEW_COMMAND = "streamlit run app.py -- --workdir {work}"
 
 EPILOG = """examples:
@@ -54,10 +52,6 @@ EPILOG = """examples:
   python -m curation.clean --from ../shared/faces/lfw             # demo on local identity folders (no download)
   python -m curation.clean my_clean_set --plant-noise --workdir w # measure the tool on your own clean data
 """
-
-
-class CleanError(Exception):
-    """Bad input the run cannot go on with; the message names the file and the reason (exit code 2)."""
 
 
 @dataclass
@@ -83,28 +77,28 @@ def load_index(emb_path: str | Path, index_path: str | Path) -> tuple[np.ndarray
 
     Returns (embeddings, index with columns image, identity, is_fake, ok, messages). Rows with a problem (empty or
     unsafe path, unusable identity, repeated path, unreadable is_fake) get ok=False and a message; a row count that
-    differs from EMB.npy's is a CleanError, since no row could then be trusted to describe its embedding.
+    differs from EMB.npy's is a UserError, since no row could then be trusted to describe its embedding.
     """
     emb_path, index_path = Path(emb_path), Path(index_path)
     try:
         emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise CleanError(f"{emb_path}: not a readable .npy array ({exc})") from exc
+        raise UserError(f"{emb_path}: not a readable .npy array ({exc})") from exc
     if emb.ndim != 2 or emb.dtype.kind != "f":
-        raise CleanError(f"{emb_path}: expected a 2-d float array (N x D), found shape {emb.shape} dtype {emb.dtype}")
+        raise UserError(f"{emb_path}: expected a 2-d float array (N x D), found shape {emb.shape} dtype {emb.dtype}")
     if emb.dtype not in (np.float16, np.float32):
         emb = np.asarray(emb, dtype=np.float32)
     try:
         idx = pd.read_csv(index_path, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise CleanError(f"{index_path}: not a readable CSV ({exc})") from exc
+        raise UserError(f"{index_path}: not a readable CSV ({exc})") from exc
     missing = [c for c in ("image", "identity") if c not in idx.columns]
     if missing:
-        raise CleanError(
+        raise UserError(
             f"{index_path}: missing column(s) {', '.join(missing)} (expected a header image,identity[,is_fake])"
         )
     if len(idx) != emb.shape[0]:
-        raise CleanError(
+        raise UserError(
             f"{index_path} has {len(idx):,} rows but {emb_path} has {emb.shape[0]:,}: row i of the index must describe "
             "row i of the embeddings, so nothing can be matched"
         )
@@ -173,13 +167,10 @@ def _flag_and_write(
     """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]."""
     status_arr = np.asarray(status, dtype=object)
     valid = status_arr == "ok"
-    try:
-        res = flag_embeddings(
-            emb, images.identity.to_numpy(), images.is_fake.to_numpy().astype(bool), valid,
-            config=config, device=device, progress=progress,
-        )
-    except FlagError as exc:
-        raise CleanError(str(exc)) from exc
+    res = flag_embeddings(
+        emb, images.identity.to_numpy(), images.is_fake.to_numpy().astype(bool), valid,
+        config=config, device=device, progress=progress,
+    )
     timings.update({f"flag_{k}": round(v, 3) for k, v in res.timings.items()})
     messages.extend(res.messages)
 
@@ -206,22 +197,12 @@ def _flag_and_write(
             csv_rows.append((paths[i], images.identity.iat[i], kind, None, "", None))
     store.replace_flags(SOURCE, new_flags)
     flags_df = pd.DataFrame(csv_rows, columns=FLAG_COLUMNS)
-    flags_df["component"] = flags_df["component"].astype("Int64")
-    flags_df.to_csv(work / "flags.csv", index=False)
+    folder = WorkFolder(work)
+    write_flags(folder, flags_df)
 
-    (work / "clean").mkdir(parents=True, exist_ok=True)
     emb_row = np.full(len(images), -1, np.int64)
     emb_row[valid] = np.arange(int(valid.sum()))
-    kept = np.flatnonzero(valid)  # written slice by slice: a copy of a 10M-photo array never passes through RAM
-    tmp = work / "clean" / "embeddings.npy.tmp.npy"
-    out = take_rows(emb, kept, out=np.lib.format.open_memmap(tmp, "w+", np.float16, (len(kept), emb.shape[1])))
-    step = slice_rows(out.shape[1])
-    for s in range(0, len(out), step):  # unit rows (--embeddings may hold raw features): the app's dot products are cosines
-        part = np.asarray(out[s : s + step], dtype=np.float32)
-        out[s : s + step] = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
-    out.flush()
-    del out
-    tmp.replace(work / "clean" / "embeddings.npy")
+    write_embeddings(folder, emb, np.flatnonzero(valid))
     nodes = res.nodes
     nodes_out = pd.DataFrame(
         {
@@ -240,8 +221,7 @@ def _flag_and_write(
             "emb_row": emb_row,
         }
     )
-    nodes_out.to_parquet(work / "clean" / "nodes.parquet.tmp", index=False)
-    (work / "clean" / "nodes.parquet.tmp").replace(work / "clean" / "nodes.parquet")
+    write_nodes(folder, nodes_out)
     timings["write"] = round(time.perf_counter() - t0, 3)
 
     counts = Counter(flags_df.flag)
@@ -264,19 +244,8 @@ def _flag_and_write(
         "timings": timings,
         "messages": messages,
     }
-    (work / "report.json.tmp").write_text(json.dumps(report, indent=1, default=_json_default))
-    (work / "report.json.tmp").replace(work / "report.json")
+    write_report(folder, report)
     return CleanOutcome(work, report, flags_df, messages)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
 
 
 def clean_embeddings(
@@ -333,7 +302,6 @@ def clean_dataset(
     """Ingest DATA into WORK, align and embed every readable photo (cached), flag, and write the outputs.
 
     engine / ray_address: where the embedding pass runs (see `embeddings.pipeline.embed_images`)."""
-    from embeddings.embedders import make_embedder
     from embeddings.pipeline import embed_images
     from labels.ingest import ingest
 
@@ -344,11 +312,11 @@ def clean_dataset(
     summary = ingest(data, work, progress=progress)
     print(summary.report())
     timings["ingest"] = round(time.perf_counter() - t0, 3)
-    embedder = make_embedder(model, device)
+    embedder = build_embedder(model, device)
     with LabelStore.open(work) as store:
         images = store.images(present_only=True, include_removed=False)
         if images.empty:
-            raise CleanError(f"{data}: no photos to clean (empty folders, or every photo removed by a reviewer)")
+            raise UserError(f"{data}: no photos to clean (empty folders, or every photo removed by a reviewer)")
         root = store.dataset_root
         readable = images.problem.isna().to_numpy()
         t0 = time.perf_counter()
@@ -462,9 +430,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(args) -> FlagConfig:
     if not 0 < args.target_fmr < 1:
-        raise CleanError(f"--target-fmr must be between 0 and 1, got {args.target_fmr}")
+        raise UserError(f"--target-fmr must be between 0 and 1, got {args.target_fmr}")
     if args.chunk_rows < 1:
-        raise CleanError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+        raise UserError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     return FlagConfig(threshold=args.threshold, target_fmr=args.target_fmr, split_ratio=args.split_ratio,
                       merge_ratio=args.merge_ratio, seed=args.seed, faiss_index=args.faiss_index,
                       chunk_rows=args.chunk_rows)
@@ -479,22 +447,18 @@ def _run_planted(args, work: Path, progress: bool) -> int:
         try:
             source = fetch_lfw(progress=progress)
         except DownloadError as exc:
-            print(f"offline? {exc}. Point the demo at local photos: python -m curation.clean --from DIR "
-                  "(a folder of identity folders), or clean your own dataset: python -m curation.clean DATA",
-                  file=sys.stderr)
-            return 2
+            raise UserError(f"offline? {exc}. Point the demo at local photos: python -m curation.clean --from DIR "
+                            "(a folder of identity folders), or clean your own dataset: python -m curation.clean DATA"
+                            ) from None
     if not source.is_dir():
-        raise CleanError(f"{source}: not a folder of identity folders")
+        raise UserError(f"{source}: not a folder of identity folders")
     noisy = Path(args.noisy_dir) if args.noisy_dir else Path(str(work.resolve()) + "-data")
     truth_path = noisy / noise.TRUTH_NAME
     if truth_path.is_file():
         print(f"using the noisy copy made earlier: {noisy}")
     else:
         print(f"planting noise: {source} -> {noisy}")
-        try:
-            noise.plant(source, noisy, min_photos=10, max_photos=40, max_identities=args.demo_identities, seed=args.seed)
-        except ValueError as exc:
-            raise CleanError(str(exc)) from exc
+        noise.plant(source, noisy, min_photos=10, max_photos=40, max_identities=args.demo_identities, seed=args.seed)
     truth = json.loads(truth_path.read_text())
     outcome = clean_dataset(noisy, work, model=args.model, aligned=args.aligned, device=args.device,
                             detector=args.detector, batch_size=args.batch_size, workers=args.workers,
@@ -502,45 +466,40 @@ def _run_planted(args, work: Path, progress: bool) -> int:
     print(format_summary(outcome))
     scores = noise.score(outcome.flags, truth)
     outcome.report["planted_noise"] = scores
-    (work / "report.json").write_text(json.dumps(outcome.report, indent=1, default=_json_default))
+    write_report(WorkFolder(work), outcome.report)
     print("\nhow the flags matched the planted noise:")
     print(noise.format_score(scores))
     offer_review(work)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     work = Path(args.workdir)
     progress = not args.no_progress
-    try:
-        if args.embeddings or args.index:
-            if not (args.embeddings and args.index):
-                raise CleanError("--embeddings and --index go together (row i of INDEX.csv describes row i of EMB.npy)")
-            if args.data:
-                raise CleanError("give either a dataset folder or --embeddings/--index, not both")
-            outcome = clean_embeddings(args.embeddings, args.index, work, config=_config(args), device=args.device,
-                                       progress=progress)
-            print(format_summary(outcome))
-            offer_review(work)
-            return 0
-        if args.data is None or args.plant_noise:
-            return _run_planted(args, work, progress)
-        if not Path(args.data).is_dir():
-            raise CleanError(f"{args.data}: not a folder")
+    if args.embeddings or args.index:
+        if not (args.embeddings and args.index):
+            raise UserError("--embeddings and --index go together (row i of INDEX.csv describes row i of EMB.npy)")
+        if args.data:
+            raise UserError("give either a dataset folder or --embeddings/--index, not both")
+        outcome = clean_embeddings(args.embeddings, args.index, work, config=_config(args), device=args.device,
+                                   progress=progress)
+    elif args.data is None or args.plant_noise:
+        return _run_planted(args, work, progress)
+    elif not Path(args.data).is_dir():
+        raise UserError(f"{args.data}: not a folder")
+    else:
         outcome = clean_dataset(args.data, work, model=args.model, aligned=args.aligned, device=args.device,
                                 detector=args.detector, batch_size=args.batch_size, workers=args.workers,
                                 config=_config(args), progress=progress, engine=args.engine,
                                 ray_address=args.ray_address)
-        print(format_summary(outcome))
-        offer_review(work)
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume (finished embeddings are cached)", file=sys.stderr)
-        return 130
-    except (CleanError, StoreError, IngestError, LayoutError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    print(format_summary(outcome))
+    offer_review(work)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run_cli(lambda: _run(args), interrupted=RESUME_HINT)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from labels.cli import UserError
+from labels.files import atomic_write, fsync_dir
 
 try:  # POSIX advisory locks keep a merge and a concurrent reader from missing each other's shards
     import fcntl
@@ -52,7 +54,7 @@ _KEY_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{1,63}$")
 METHOD_CODES = ("", "detected", "center_crop", "pre-aligned")
 
 
-class CacheError(Exception):
+class CacheError(UserError):
     """A cache folder holds something this code cannot use (another dimension, a foreign file): names the path."""
 
 
@@ -61,15 +63,6 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY_RE.match(key):
         raise ValueError(f"bad cache key {key!r}: expected 2-64 characters of [0-9A-Za-z_.-], e.g. a sha256 hex digest")
     return key
-
-
-def content_key(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes: the cache key, so a renamed photo keeps its crop and embedding."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------- crops
@@ -91,9 +84,7 @@ def write_crop(path: Path, crop: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", np.ascontiguousarray(crop[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise CacheError(f"{path}: could not encode the crop as PNG")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, data.tobytes(), durable=False)
 
 
 def read_crop(path: Path) -> np.ndarray | None:
@@ -143,13 +134,10 @@ def embedding_store(cache_dir: str | Path, cache_id: str, dim: int, **kwargs) ->
 # --------------------------------------------------------------------------------------------------------- shard store
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save to exactly `path` (np.save given a name adds `.npy`, which would miss atomic_write's temporary)."""
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def _dtype_text(dtype: np.dtype) -> str:
@@ -288,20 +276,11 @@ class ShardStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         layout = self.folder / "layout.json"
         if not layout.exists():
-            tmp = self.folder / f".layout.{uuid.uuid4().hex[:8]}.tmp"
-            tmp.write_text(_dtype_text(self.dtype) + "\n")
-            os.replace(tmp, layout)
+            atomic_write(layout, _dtype_text(self.dtype) + "\n")
         elif layout.read_text().strip() != _dtype_text(self.dtype):
             raise CacheError(f"{layout}: this cache folder holds records of another layout; use another cache id")
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy"
-        tmp = self.folder / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, records, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / name)
-        _fsync_dir(self.folder)
-        return self.folder / name
+        return atomic_write(self.folder / name, lambda tmp: save_npy(tmp, records))
 
     def _merge_small(self) -> None:
         """Merge shards smaller than flush_rows, deduplicated; the old shards go only once the merged one is durable."""
@@ -330,7 +309,7 @@ class ShardStore:
                 for path, _ in group:
                     with contextlib.suppress(OSError):  # a leftover only duplicates records, which lookups tolerate
                         path.unlink()
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
             self._remove_stale_temps()
         self.refresh()
 

@@ -25,12 +25,10 @@ Example:
 """
 from __future__ import annotations
 
-import os
 import pickle
 import pickletools
 import re
 import struct
-import tempfile
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
@@ -41,6 +39,8 @@ import torch
 from torch import nn
 
 from embeddings.backbones import ARCHS, STAGE_UNITS, UNITS_TO_ARCH, Backbone, build_backbone
+from labels.cli import UserError
+from labels.files import atomic_write
 
 FORMAT_TAG = "facecur-backbone-v1"
 _ANCHOR = "input_layer.0.weight"  # every IR backbone has it; what precedes it in a key is the prefix to strip
@@ -57,7 +57,7 @@ _SOURCES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file that cannot give the backbone asked for; the message names the file and the reason in plain words."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -163,19 +163,7 @@ def save_backbone(model: nn.Module, path: str | Path, **meta) -> Path:
     state_dict = OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in model.state_dict().items())
     arch = _arch_from_keys(path, state_dict)
     payload = {"format": FORMAT_TAG, "arch": arch, "state_dict": state_dict, "meta": dict(meta)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 # ---- reading the file ---------------------------------------------------------------------------------------------
@@ -280,20 +268,6 @@ def _refusal(what: str) -> str:
         "(torch.save(model.state_dict(), 'weights.pt') for a pickled model, or the checkpoint's 'state_dict' entry), "
         "then pass that file"
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; some platforms cannot open a folder, which is fine there."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---- finding the backbone in what was read ----------------------------------------------------------------------

@@ -24,8 +24,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from embeddings.cache import content_key
 from embeddings.ortsession import ort_session
+from labels.cli import UserError
+from labels.files import file_sha256
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Detector(Protocol):
         ...
 
 
-class DetectorError(ValueError):
+class DetectorError(UserError):
     """The detector cannot be built (missing or corrupt model file, unknown spec): a user error, not a bug."""
 
 
@@ -63,11 +64,6 @@ def choose_central(faces: list[Detection], shape: tuple[int, ...]) -> int:
     cx = (boxes[:, 0] + boxes[:, 2]) / 2 - shape[1] / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2 - shape[0] / 2
     return int(np.argmax(area - 2.0 * (cx**2 + cy**2)))
-
-
-def file_digest(path: str | Path, length: int = 12) -> str:
-    """Short sha256 of a file's bytes: names weights in cache keys, so new weights never reuse old results."""
-    return content_key(path)[:length]
 
 
 # ---------------------------------------------------------------------------------------------------------------- dlib
@@ -242,7 +238,7 @@ class ScrfdDetector:
 
 
 def _scrfd_id(path: Path, input_size: int, min_input_size: int) -> str:
-    return f"scrfd-{file_digest(path)}-{min_input_size}-{input_size}"
+    return f"scrfd-{file_sha256(path)[:12]}-{min_input_size}-{input_size}"
 
 
 def _parse(spec: str) -> tuple[str, Path | None]:

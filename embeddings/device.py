@@ -9,6 +9,8 @@ import contextlib
 
 import torch
 
+from labels.cli import UserError
+
 
 def pick_device(spec: str = "auto") -> torch.device:
     """'auto' -> CUDA when available else CPU; 'cuda' without a GPU is a clear error, not a silent CPU run."""
@@ -16,9 +18,9 @@ def pick_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU on this machine (use --device cpu)")
+        raise UserError("--device cuda was asked for, but torch sees no CUDA GPU on this machine (use --device cpu)")
     if not (spec == "cpu" or spec.startswith("cuda")):
-        raise ValueError(f"unknown device {spec!r}: use auto, cpu or cuda[:N]")
+        raise UserError(f"unknown device {spec!r}: use auto, cpu or cuda[:N]")
     return torch.device(spec)
 
 

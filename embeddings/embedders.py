@@ -32,10 +32,12 @@ import torch
 from embeddings.align import ARCFACE_TEMPLATE, CROP_SIZE, similarity_transform
 from embeddings.backbones import ARCHS, EMBEDDING_SIZE, Backbone
 from embeddings.checkpoints import load_backbone
-from embeddings.detectors import dlib_model_path, file_digest
+from embeddings.detectors import dlib_model_path
 from embeddings.device import autocast, pick_device
 from embeddings.ortsession import ort_session
 from embeddings.preprocess import CONVENTIONS, ONNX_CONVENTION_KEY, to_input
+from labels.cli import UserError
+from labels.files import file_sha256
 
 Crops = np.ndarray | torch.Tensor
 
@@ -53,7 +55,7 @@ MIN_DIM = 16  # fewer numbers per face than this is not an embedder (e.g. a dete
 DLIB_CHIP_VERSION = 1  # bump when DLIB_CHIP_POINTS change: part of the dlib embedder's id
 
 
-class EmbedderError(ValueError):
+class EmbedderError(UserError):
     """An embedder that cannot be built (bad spec, missing or unusable model file): a user error, not a bug."""
 
 
@@ -150,7 +152,7 @@ def _ir_embedder(rest: str, device: torch.device, flip: bool) -> Embedder:
         arch, path = None, rest
     path = _existing_file(Path(path), "checkpoint file")
     model = load_backbone(path, arch=arch)  # CheckpointError (a ValueError) names the file and the problem
-    return torch_embedder(model, f"{model.arch}-{file_digest(path)}", device=device, flip=flip)
+    return torch_embedder(model, f"{model.arch}-{file_sha256(path)[:12]}", device=device, flip=flip)
 
 
 # ---------------------------------------------------------------------------------------------------------------- ONNX
@@ -206,7 +208,7 @@ def _onnx_embedder(path: Path, device: torch.device, flip: bool) -> Embedder:
         raise EmbedderError(f"{path}: the model does not run on a 112x112 crop ({reason})") from exc
     if probe.shape[1] < MIN_DIM:
         raise EmbedderError(f"{path}: gives {probe.shape[1]} numbers per crop; not a face embedder (>= {MIN_DIM})")
-    name = f"onnx-{_name_safe(path.stem)}-{file_digest(path)}"
+    name = f"onnx-{_name_safe(path.stem)}-{file_sha256(path)[:12]}"
     return Embedder(id=name + ("-flip" if flip else ""), dim=probe.shape[1], forward=forward, device=device, flip=flip)
 
 
@@ -229,7 +231,7 @@ def _dlib_embedder(flip: bool) -> Embedder:
         ]
         return np.array(model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
 
-    name = f"dlib-resnet-{file_digest(path)}-chip{DLIB_CHIP_VERSION}"
+    name = f"dlib-resnet-{file_sha256(path)[:12]}-chip{DLIB_CHIP_VERSION}"
     return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip)
 
 

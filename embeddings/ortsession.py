@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from labels.cli import UserError
+
 
 def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None):
     """An `onnxruntime.InferenceSession` for `path`, on `device` ('cpu' or 'cuda[:N]').
@@ -37,7 +39,7 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for missing or corrupt files
-        raise ValueError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+        raise UserError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
 
 
 def _usable_cores() -> int:

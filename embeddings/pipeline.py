@@ -44,7 +44,6 @@ from embeddings.cache import (
     alignment_dtype,
     alignment_store,
     check_key,
-    content_key,
     crop_path,
     embedding_store,
     encode_problem,
@@ -53,13 +52,14 @@ from embeddings.cache import (
 )
 from embeddings.detectors import Detector, DlibDetector, make_detector
 from embeddings.embedders import Embedder
+from labels.files import file_sha256
+from labels.cli import UserError
 from labels.imagefile import ImageError, read_rgb
 
 __all__ = [
     "CropDataset",
     "EmbedResult",
     "align_images",
-    "content_key",
     "crop_path",
     "embed_images",
     "embedding_cache_id",
@@ -279,7 +279,7 @@ def _keys_for(paths: Sequence[Path], keys: Sequence[str] | None, progress: bool)
 
     def one(path: Path) -> tuple[str, str | None]:
         try:
-            return content_key(path), None
+            return file_sha256(path), None
         except OSError as exc:
             return "", f"unreadable: cannot read file ({exc.strerror or exc})"
 
@@ -325,13 +325,13 @@ def _plan(records: np.ndarray, found: np.ndarray, done: np.ndarray, fallback: bo
 def _ray_engine(engine: str):
     """`embeddings.ray_engine` for engine "ray" (imported only then: Ray is an optional dependency); None for local."""
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+        raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == "local":
         return None
     try:
         from embeddings import ray_engine
     except ImportError as exc:
-        raise ValueError(f"the Ray engine needs ray[data] ({exc}): pip install -r requirements-ray.txt") from exc
+        raise UserError(f"the Ray engine needs ray[data] ({exc}): pip install -r requirements-ray.txt") from exc
     return ray_engine
 
 

@@ -36,8 +36,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from labels.cli import UserError, run_cli
 from labels.layouts import META_NAME, identity_problem
-from labels.store import STORE_NAME, LabelStore, StoreError
+from labels.store import STORE_NAME, LabelStore
 from labels.vocab import AUTO_ACTIONS
 
 FORMATS = ("folders", "meta", "csv")
@@ -48,7 +49,7 @@ CSV_NAME = "labels.csv"
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """The export cannot be written as asked; the message names the folder or file and what to do."""
 
 
@@ -482,16 +483,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier export")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         summary = export(
             args.workdir, args.out, fmt=args.format, unreviewed=args.unreviewed, overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    except (ExportError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.report())
-    return 0
+        print(summary.report())
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from labels.cli import UserError
+
 # Larger images are refused before decoding: a 100 MP photo of one face is a bomb or a mistake, not training data.
 MAX_PIXELS = 64_000_000
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """The file is not a usable image; `reason` is short and stable, so summaries can group by it."""
 
     def __init__(self, path: str | Path, reason: str):

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import sys
@@ -33,9 +32,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from labels.cli import UserError, run_cli
+from labels.files import file_sha256
 from labels.imagefile import ImageError, check_image
-from labels.layouts import Entry, Layout, LayoutError, Refused, read_layout
-from labels.store import FoundImage, KnownFile, LabelStore, NewFlag, StoreError
+from labels.layouts import Entry, Layout, Refused, read_layout
+from labels.store import FoundImage, KnownFile, LabelStore, NewFlag
 
 SOURCE = "ingest"  # the flag source this stage owns
 DEFAULT_WORKERS = min(16, 2 * (os.cpu_count() or 2))
@@ -45,7 +46,7 @@ _SIZE_BUCKETS = ((1, 1), (2, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, Non
 _SHOW = 10  # refused entries listed in the summary before "... and N more"
 
 
-class IngestError(Exception):
+class IngestError(UserError):
     """The work folder cannot take this dataset; the message says what to do instead."""
 
 
@@ -234,7 +235,7 @@ def _examine(root: Path, known: dict[str, KnownFile], entry: Entry) -> FoundImag
         return None
     sha = problem = width = height = None
     try:
-        sha = hash_file(path)
+        sha = file_sha256(path)
         width, height = check_image(path)
     except ImageError as exc:
         problem = exc.reason
@@ -245,12 +246,6 @@ def _examine(root: Path, known: dict[str, KnownFile], entry: Entry) -> FoundImag
     return FoundImage(
         entry.path, st.st_size, st.st_mtime_ns, entry.identity, entry.is_fake, sha, width, height, problem
     )
-
-
-def hash_file(path: str | Path) -> str:
-    """sha256 of the file's bytes (hex): the content identity caches and duplicate detection rely on."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _os_reason(exc: OSError) -> str:
@@ -313,16 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.data is None and args.csv is None:
         parser.error("give the dataset folder DATA, or --csv FILE")
-    try:
+
+    def run() -> None:
         summary = ingest(
             args.data, args.workdir, csv=args.csv, root=args.root, workers=args.workers,
             force_root=args.force_root, progress=not args.quiet,
         )
-    except (LayoutError, IngestError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.report())
-    return 0
+        print(summary.report())
+
+    return run_cli(run, interrupted="run the same command again: photos already recorded are not read again")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labels.cli import UserError
 from labels.imagefile import is_image_name
 from labels.store import StoreError, check_identity_name
 
@@ -39,7 +40,7 @@ META_NAME = "meta.json"
 CSV_COLUMNS = ("path", "identity", "is_fake")
 
 
-class LayoutError(Exception):
+class LayoutError(UserError):
     """The dataset cannot be read as a whole (malformed meta.json or CSV, not a folder, no photos): nothing ingested."""
 
 

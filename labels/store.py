@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from labels.cli import UserError
 from labels.vocab import check_action, check_kind
 
 STORE_NAME = "labels.sqlite"
@@ -121,7 +122,7 @@ BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 _LIVE_DECISION = "d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)"
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A request the store refuses; the message says why in words a reviewer understands."""
 
 

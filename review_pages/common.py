@@ -16,6 +16,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit import config as st_config
 
+from labels.cli import UserError
 from curation import review as rv
 from labels.store import LabelStore
 from labels.vocab import FLAG_KINDS
@@ -215,7 +216,7 @@ def act(sess: Session, action: str, **kwargs) -> None:
     """Button callback: one decision through curation.review, its outcome (or refusal) flashed on the next run."""
     try:
         out = rv.apply_action(sess.store, action, reviewer=sess.reviewer, **kwargs)
-    except rv.ReviewError as exc:
+    except UserError as exc:
         flash("error", f"Not recorded: {exc}")
         return
     flash("success", out.message)
@@ -226,7 +227,7 @@ def act(sess: Session, action: str, **kwargs) -> None:
 def undo(sess: Session, decision_id: int) -> None:
     try:
         out = rv.undo_decision(sess.store, decision_id, reviewer=sess.reviewer)
-    except rv.ReviewError as exc:
+    except UserError as exc:
         flash("error", f"Not undone: {exc}")
         return
     flash("success", out.message)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from labels.cli import UserError
 from curation import review as rv
 from labels.export import ExportError, export
 from review_pages import common
@@ -29,7 +30,7 @@ def render(sess: common.Session) -> None:
         return
     try:
         out = rv.contained_folder(out_text, work=sess.work)
-    except rv.ReviewError as exc:
+    except UserError as exc:
         st.error(str(exc))
         return
     with st.spinner(f"Exporting to {out} ..."):

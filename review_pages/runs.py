@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from labels.cli import UserError
 from curation import review as rv
 from review_pages import common
 
@@ -18,7 +19,7 @@ def pick_runs(sess: common.Session, *, marker: str, subdir: str, key: str, multi
     if typed.strip():
         try:
             extra = rv.contained_folder(typed, work=sess.work)
-        except rv.ReviewError as exc:
+        except UserError as exc:
             st.error(str(exc))
         else:
             if (extra / marker).is_file():

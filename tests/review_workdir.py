@@ -7,12 +7,12 @@ planted problems whose truth the tests know:
 - a photo of Drew Barrymore marked as a deepfake of Hugh Laurie: a `fake_mismatch`;
 - a file of garbage bytes in Halle Berry's folder: `unreadable`.
 Components, similarities and the report's histogram are computed from the embeddings here (the tests then check the app
-shows them); the cleaning command's own outputs are exercised by the test that runs `curation.clean`.
+shows them) and written with the work folder's own writers (curation.workfolder); the cleaning command's own outputs
+are exercised by the test that runs `curation.clean`.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from curation.workfolder import FLAG_COLUMNS, NODE_COLUMNS, WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from labels.imagefile import ImageError, read_rgb
 from labels.store import FoundImage, LabelStore, NewFlag
 
@@ -113,10 +114,10 @@ def build_workdir(glint: Path, model: Path, root: Path) -> Path:
         for b in rels[i + 1 :]:
             if found[a][0] != found[b][0]:
                 cross.append(float(emb[row[a]] @ emb[row[b]]))
-    nodes_df = pd.DataFrame(nodes, columns=["image_id", "path", "identity", "is_fake", "component", "sim_to_main", "emb_row"])
-    (work / "clean").mkdir(parents=True, exist_ok=True)
-    nodes_df.to_parquet(work / "clean" / "nodes.parquet", index=False)
-    np.save(work / "clean" / "embeddings.npy", emb.astype(np.float16))
+    nodes_df = pd.DataFrame(nodes, columns=list(NODE_COLUMNS))
+    folder = WorkFolder(work)
+    write_nodes(folder, nodes_df)
+    write_embeddings(folder, emb)
 
     def photos(ident: str) -> np.ndarray:
         return emb[[row[r] for r in rels if found[r] == (ident, False)]]
@@ -130,10 +131,10 @@ def build_workdir(glint: Path, model: Path, root: Path) -> Path:
         NewFlag("merge", "Jennifer A", None, "Jennifer Aniston", None, merge_score),
     ]
     store.replace_flags("clean", flags)
-    pd.DataFrame(
+    write_flags(folder, pd.DataFrame(
         [(f.image_path or "", f.identity, f.kind, f.component, f.suggested_identity or "", f.score) for f in flags],
-        columns=["image", "identity", "flag", "component", "suggested_identity", "score"],
-    ).to_csv(work / "flags.csv", index=False)
+        columns=FLAG_COLUMNS,
+    ))
     edges = np.linspace(-1, 1, 41)
     report = {
         "counts": {f.kind: 1 for f in flags},
@@ -151,6 +152,6 @@ def build_workdir(glint: Path, model: Path, root: Path) -> Path:
             "cross_identity": np.histogram(cross, edges)[0].tolist(),
         },
     }
-    (work / "report.json").write_text(json.dumps(report, indent=1))
+    write_report(folder, report)
     store.close()
     return work

@@ -174,8 +174,8 @@ def test_other_pages_render_and_explain_empty_states(work):
 
 
 def test_training_and_evaluation_tabs_plot_runs(work):
-    from curation.evaluate import evaluate_scores
-    from curation.metrics import verification_report
+    from curation.scoring.evaluate import evaluate_scores
+    from curation.scoring.metrics import verification_report
 
     rng = np.random.default_rng(1)
     labels = np.r_[np.ones(100), np.zeros(200)]

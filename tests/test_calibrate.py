@@ -1,10 +1,10 @@
-"""Thresholds from impostor scores (curation.calibrate) on synthetic score and embedding distributions."""
+"""Thresholds from impostor scores (curation.flagging.calibrate) on synthetic score and embedding distributions."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from curation.calibrate import (
+from curation.flagging.calibrate import (
     calibrate_threshold,
     core_rows,
     duplicate_threshold,
@@ -12,7 +12,7 @@ from curation.calibrate import (
     impostor_scores,
     threshold_at_fmr,
 )
-from curation.noise import synthetic_embeddings
+from curation.flagging.noise import synthetic_embeddings
 
 
 def test_threshold_at_fmr_lets_through_at_most_the_target_share():

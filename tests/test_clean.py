@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from curation import clean, demo
-from curation.noise import list_identities, synthetic_embeddings
+from curation import clean
+from curation.flagging import demo
+from curation.flagging.noise import list_identities, synthetic_embeddings
 from labels.store import LabelStore
 
 

@@ -1,4 +1,4 @@
-"""The demo download (curation.demo) against a real local HTTP server."""
+"""The demo download (curation.flagging.demo) against a real local HTTP server."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from curation import demo
+from curation.flagging import demo
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The three embedder backends: real accuracy on real faces, exact input conventions, clear errors for bad files.
 
 EERs are computed here with a plain threshold sweep (FAR = share of different-person pairs scoring >= t, FRR = share of
-same-person pairs scoring < t, EER where they cross), independent of curation.metrics.
+same-person pairs scoring < t, EER where they cross), independent of curation.scoring.metrics.
 """
 from __future__ import annotations
 

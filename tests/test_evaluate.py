@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation import evaluate, metrics
+from curation import evaluate
+from curation.scoring import metrics
 from embeddings.embedders import make_embedder
 from tests.conftest import REPO
 from tests.test_predict import BROKEN, MISSING, independent_similarity, make_test_set

@@ -103,7 +103,7 @@ class _TinyEmbedder(torch.nn.Module):
 
 
 def test_export_leaves_the_callers_model_untouched(tmp_path):
-    from curation.export_onnx import export_onnx
+    from embeddings.onnx_export import export_onnx
 
     model = _TinyEmbedder().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

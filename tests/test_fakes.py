@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from curation.fakes import main as fakes_main
-from curation.fakes import make_fakes
+from curation.training.fakes import make_fakes
 from embeddings.align import align
 from embeddings.detectors import make_detector
 from embeddings.embedders import make_embedder

@@ -1,4 +1,4 @@
-"""Bounded-memory flagging (curation.flagging + curation.graph chunks): the streamed path must not change the flags."""
+"""Bounded-memory flagging (curation.flagging + curation.flagging.graph chunks): the streamed path must not change the flags."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from curation.flagging import FlagConfig, flag_embeddings
-from curation.graph import identity_chunks
-from curation.noise import synthetic_embeddings
+from curation.flagging.graph import identity_chunks
+from curation.flagging.noise import synthetic_embeddings
 
 KEY = ["row", "identity", "flag", "suggested_identity"]
 

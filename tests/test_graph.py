@@ -1,11 +1,11 @@
-"""Per-identity graphs (curation.graph) against an independent numpy + networkx computation."""
+"""Per-identity graphs (curation.flagging.graph) against an independent numpy + networkx computation."""
 from __future__ import annotations
 
 import networkx as nx
 import numpy as np
 import pytest
 
-from curation.graph import HIST_EDGES, build_graphs, components_networkx
+from curation.flagging.graph import HIST_EDGES, build_graphs, components_networkx
 
 
 def _reference_labels(adj: np.ndarray) -> np.ndarray:

@@ -259,7 +259,7 @@ def test_reingest_is_incremental_marks_missing_and_keeps_decisions(tmp_path, dat
     gore[1].unlink()  # the removed photo vanishes: missing
     shutil.copy2(gore[0], data / "Al_Gore" / "new.jpg")
     calls = []
-    monkeypatch.setattr(ingest_module, "hash_file", lambda p: calls.append(Path(p).name) or sha256(Path(p)))
+    monkeypatch.setattr(ingest_module, "file_sha256", lambda p: calls.append(Path(p).name) or sha256(Path(p)))
 
     summary = ingest(data, work, progress=False)
 

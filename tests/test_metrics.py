@@ -1,4 +1,4 @@
-"""curation.metrics against independent, deliberately naive computations.
+"""curation.scoring.metrics against independent, deliberately naive computations.
 
 The references below loop over every candidate threshold, count with Fractions, and re-implement sklearn's roc_curve
 as a plain loop (sklearn is not a dependency; the vectorised code was also cross-checked once against sklearn 1.9.1
@@ -13,8 +13,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from curation import metrics
-from curation.pairs import PAIR_KINDS
+from curation.scoring import metrics
+from curation.training.pairs import PAIR_KINDS
 
 
 # ------------------------------------------------------------------------------------------------------- references

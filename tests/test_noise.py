@@ -1,4 +1,4 @@
-"""Planted noise (curation.noise): the plan, the files it makes, and the scoring arithmetic."""
+"""Planted noise (curation.flagging.noise): the plan, the files it makes, and the scoring arithmetic."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.noise import list_identities, main, plan_noise, plant, score, synthetic_embeddings
+from curation.flagging.noise import list_identities, main, plan_noise, plant, score, synthetic_embeddings
 
 
 def _ids(n=10, k=10):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.pairs import DIFFERENT, OWN_FAKE, SAME, make_pairs, split_identities
+from curation.training.pairs import DIFFERENT, OWN_FAKE, SAME, make_pairs, split_identities
 
 
 def _table(real_counts: dict[str, int], fake_counts: dict[str, int]) -> pd.DataFrame:

@@ -24,7 +24,8 @@ from embeddings.align import align, align_id
 from embeddings.cache import ShardStore, alignment_dtype, crop_path, embedding_dtype
 from embeddings.detectors import DetectorError, make_detector
 from embeddings.embedders import make_embedder
-from embeddings.pipeline import CropDataset, align_images, content_key, embed_images, embedding_cache_id
+from embeddings.pipeline import CropDataset, align_images, embed_images, embedding_cache_id
+from labels.files import file_sha256
 from labels.imagefile import read_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_bad_photos_never_lose_the_batch(lfw_photos, odd_files, onnx_embedder, t
     # Stored as float16: cosines agree to ~1e-3.
     np.testing.assert_allclose(result.embeddings[ok], reference, atol=2e-3)
     assert result.counts() == {"ok": 6, "no_face": 2, "unreadable": 2}
-    assert result.keys[0] == content_key(good[0])
+    assert result.keys[0] == file_sha256(good[0])
 
 
 def test_second_run_reuses_the_caches(lfw_photos, onnx_embedder, models_dir, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from curation import predict
+from curation.scoring.predict import FALLBACK_SCORE, predict_pairs
 from embeddings.embedders import make_embedder
 
 IDENTITIES = ("Tom Hanks", "Will Smith", "Jennifer Aniston", "Keanu Reeves")
@@ -75,7 +76,7 @@ def test_set(glint_dir, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 
 def test_predict_pairs_scores_every_pair_in_order_with_fallbacks(test_set, embedder, tmp_path):
     test_dir, pairs = test_set
-    pred = predict.predict_pairs(test_dir, embedder, cache_dir=tmp_path / "cache", aligned=True, workers=0,
+    pred = predict_pairs(test_dir, embedder, cache_dir=tmp_path / "cache", aligned=True, workers=0,
                                  fallback_score=-3.5, progress=False)
     expected_ids = sorted(pairs["pair_id"], key=int)
     assert pred.scores.columns.tolist() == ["pair_id", "similarity"]
@@ -117,7 +118,7 @@ def test_cli_writes_submission_and_problems_in_csv_order_and_reuses_the_cache(te
     assert sub.columns.tolist() == ["pair_id", "similarity"]
     assert sub["pair_id"].tolist() == listed["pair_id"].tolist()  # the CSV's order, ids as written
     broken = pairs.set_index("pair_id").loc[sub["pair_id"], "kind"].isin([BROKEN, MISSING]).to_numpy()
-    assert (sub["similarity"][broken] == predict.FALLBACK_SCORE).all() and not (sub["similarity"][~broken] == 0).any()
+    assert (sub["similarity"][broken] == FALLBACK_SCORE).all() and not (sub["similarity"][~broken] == 0).any()
     problems = pd.read_csv(tmp_path / "sub" / "submission.problems.csv", dtype=str)
     assert problems.columns.tolist() == ["pair_id", "image", "status"]
     assert sorted(problems["pair_id"]) == sorted(sub["pair_id"][broken])
@@ -177,10 +178,10 @@ def test_no_face_found_gets_the_fallback_with_dlib_detection(lfw_dir, embedder, 
         folder.mkdir(parents=True)
         Image.open(first).save(folder / "0.jpg")
         (Image.open(second) if second else Image.new("RGB", (150, 150), (128, 128, 128))).save(folder / "1.jpg")
-    pred = predict.predict_pairs(tmp_path / "test", embedder, cache_dir=tmp_path / "cache", workers=0, progress=False)
+    pred = predict_pairs(tmp_path / "test", embedder, cache_dir=tmp_path / "cache", workers=0, progress=False)
     assert pred.scores["pair_id"].tolist() == ["00000001", "00000002", "00000003"]
     same, different, blank = pred.scores["similarity"]
-    assert blank == predict.FALLBACK_SCORE and same > different + 0.3
+    assert blank == FALLBACK_SCORE and same > different + 0.3
     assert pred.problems.values.tolist() == [["00000003", "images/00000003/1.jpg", pred.problems["status"][0]]]
     assert pred.problems["status"][0].startswith("no_face")
 

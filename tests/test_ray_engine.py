@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from curation import clean
-from curation.noise import list_identities
+from curation.flagging.noise import list_identities
 from embeddings.cache import crop_path, read_crop
 from embeddings.embedders import make_embedder
 from embeddings.pipeline import align_images, embed_images

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from labels.cli import UserError
 from curation import review as rv
 from embeddings import cache
 from labels.store import FoundImage, LabelStore
@@ -40,7 +41,7 @@ def image_id(store: LabelStore, path: str) -> int:
 
 
 def test_work_folder_without_store_says_how_to_make_one(tmp_path):
-    with pytest.raises(rv.ReviewError, match="curation.clean"):
+    with pytest.raises(UserError, match="curation.clean"):
         rv.WorkFolder.open(tmp_path)
 
 
@@ -139,7 +140,7 @@ def test_identity_view_groups_components_and_shows_suggestions(work, store):
     assert view.heatmap_ids[: len(main)] == main.image_id.tolist() and image_id(store, FAKE) not in view.heatmap_ids
     fig = rv.heatmap_figure(view)
     assert fig.data[0].z.shape == (len(rows), len(rows)) and len(fig.layout.shapes) == 2  # one component boundary
-    with pytest.raises(rv.ReviewError, match="no photos"):
+    with pytest.raises(UserError, match="no photos"):
         rv.identity_view(store, clean, "Nobody")
 
 
@@ -173,13 +174,13 @@ def test_actions_are_decisions_and_undo_reverses_them(work, store):
     assert "rejecting 1 flag" in kept.message and store.images(ids=[fake]).is_fake.item() == 1
     rv.apply_action(store, "mark_real", reviewer="bo", image_ids=[fake])
     assert store.images(ids=[fake]).is_fake.item() == 0
-    with pytest.raises(rv.ReviewError, match="nothing to change"):
+    with pytest.raises(UserError, match="nothing to change"):
         rv.apply_action(store, "mark_real", reviewer="bo", image_ids=[fake])
 
     merged = rv.apply_action(store, "merge", reviewer="bo", identity="Jennifer A", target_identity="Jennifer Aniston")
     assert store.images(identity="Jennifer A").empty and len(store.images(identity="Jennifer Aniston")) == 6
     assert store.flags(kind="merge").status.item() == "resolved" and "merged Jennifer A" in merged.message
-    with pytest.raises(rv.ReviewError, match="not a usable identity"):
+    with pytest.raises(UserError, match="not a usable identity"):
         rv.apply_action(store, "move", reviewer="bo", image_ids=[fake], target_identity="../etc")
 
 
@@ -188,7 +189,7 @@ def test_split_moves_a_component_to_a_new_identity(work, store):
     isolated = view.photos[view.photos.section == "isolated"].image_id.tolist()
     name = rv.split_name(store, "Hugh Laurie", -1)
     assert name == "Hugh Laurie_split-1"
-    with pytest.raises(rv.ReviewError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         rv.apply_action(store, "split", reviewer="ana", identity="Hugh Laurie", image_ids=isolated,
                         target_identity="Barack Obama")
     out = rv.apply_action(store, "split", reviewer="ana", identity="Hugh Laurie", image_ids=isolated,
@@ -216,7 +217,7 @@ def test_two_reviewers_lose_and_duplicate_nothing(work):
             results[reviewer].append(
                 rv.apply_action(store, "remove", reviewer=reviewer, image_ids=[outlier], flag_ids=shown)
             )
-        except rv.ReviewError as exc:
+        except UserError as exc:
             results[reviewer].append(str(exc))
         for pid in mine[reviewer]:
             rv.apply_action(store, "mark_fake", reviewer=reviewer, image_ids=[pid])
@@ -298,11 +299,11 @@ def test_overview_counts_and_similarity_histogram(work, store):
 
 def test_report_problems_are_reported_not_raised(work):
     work.report.write_text("{broken")
-    with pytest.raises(rv.ReviewError, match="report.json: not readable JSON"):
+    with pytest.raises(UserError, match="report.json: not readable JSON"):
         rv.read_report(work)
     assert rv.summarize_report({}).histogram is None
     np.save(work.embeddings, np.zeros((3, 4), np.float16))
-    with pytest.raises(rv.ReviewError, match="does not match nodes.parquet"):
+    with pytest.raises(UserError, match="does not match nodes.parquet"):
         rv.load_clean(work)
 
 
@@ -310,13 +311,13 @@ def test_typed_folders_stay_under_the_work_folder_or_cwd(work, tmp_path):
     assert rv.contained_folder("runs/a", work=work, cwd=tmp_path) == tmp_path / "runs" / "a"
     assert rv.contained_folder(str(work.root / "eval"), work=work, cwd=tmp_path / "x") == work.root / "eval"
     for bad in ("/etc", "../..", ""):
-        with pytest.raises(rv.ReviewError):
+        with pytest.raises(UserError):
             rv.contained_folder(bad, work=work, cwd=tmp_path)
 
 
 def test_training_history_and_evaluation_readers(work):
-    from curation.evaluate import evaluate_scores
-    from curation.metrics import verification_report
+    from curation.scoring.evaluate import evaluate_scores
+    from curation.scoring.metrics import verification_report
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.ones(200), np.zeros(400)]
@@ -338,9 +339,9 @@ def test_training_history_and_evaluation_readers(work):
     per_type = {t.name: list(t.y) for t in figs["per_type"].data}
     assert per_type["own_fake"] == [records[1]["per_type"]["own_fake"]["rate"], records[0]["per_type"]["own_fake"]["rate"]]
     (run / rv.HISTORY_FILE).write_text("[1, 2]")
-    with pytest.raises(rv.ReviewError, match="list of validation records"):
+    with pytest.raises(UserError, match="list of validation records"):
         rv.read_history(run)
-    with pytest.raises(rv.ReviewError, match="train_on_clean"):
+    with pytest.raises(UserError, match="train_on_clean"):
         rv.read_history(work.root)
 
     for name, sep in (("weak", 0.5), ("strong", 3.0)):  # written by curation.evaluate's own writer
@@ -356,5 +357,5 @@ def test_training_history_and_evaluation_readers(work):
     assert bars["weak"]["own_fake"] == metrics["weak"]["per_type"]["own_fake"]["rate"]
     hist = rv.scores_figure(work.root / "eval" / "weak", threshold=metrics["weak"]["eer_threshold"])
     assert sum(len(t.y) > 0 for t in hist.data) == 3
-    with pytest.raises(rv.ReviewError, match="neither metrics.json"):
+    with pytest.raises(UserError, match="neither metrics.json"):
         rv.evaluation_table([work.root])

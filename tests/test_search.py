@@ -1,12 +1,12 @@
-"""faiss search (curation.search) against brute force numpy."""
+"""faiss search (curation.flagging.search) against brute force numpy."""
 from __future__ import annotations
 
 import faiss
 import numpy as np
 import pytest
 
-from curation.noise import synthetic_embeddings
-from curation.search import DEFAULT_NPROBE, build_index, knn, plan_index, to_gpus
+from curation.flagging.noise import synthetic_embeddings
+from curation.flagging.search import DEFAULT_NPROBE, build_index, knn, plan_index, to_gpus
 
 
 def _brute(x, q, k):

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from curation.train_config import ConfigError, load_config_file, resolve_config
-from curation.train_data import CropPairs, prepare_data
-from curation.train_on_clean import main, train, train_step
-from curation.train_run import Kept, RunFolder, update_top_k
+from curation.training.config import ConfigError, load_config_file, resolve_config
+from curation.training.data import CropPairs, prepare_data
+from curation.train_on_clean import main
+from curation.training.loop import train, train_step
+from curation.training.run_folder import Kept, RunFolder, update_top_k
 from embeddings import build_backbone, load_backbone
 from embeddings.losses import AdaptiveMarginPairLoss
 from tests.conftest import REPO, copy_identities

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from curation.distributed import fingerprint
-from curation.train_config import resolve_config
-from curation.train_data import RankSlices, prepare_data, validation_pairs
-from curation.train_on_clean import validate
+from curation.training.distributed import fingerprint
+from curation.training.config import resolve_config
+from curation.training.data import RankSlices, prepare_data, validation_pairs
+from curation.training.loop import validate
 from embeddings import build_backbone, load_backbone, read_checkpoint
 from tests.conftest import REPO
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from embeddings.backbones import ARCHS
+from labels.cli import UserError
 
 
 # Values a field may take, checked once here rather than deep inside the training loop.
@@ -45,7 +46,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 DATA_ORDER_KEYS = ("data", "val_data", "detector", "aligned", "seed", "batch_size", "val_fraction", "max_pos_per_identity", "objective", "flip", "unreviewed")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value or file the run cannot use; the message names the file or option and the reason."""
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from curation.graph import gather, slice_rows
+from curation.flagging.graph import gather, slice_rows
 
 # Default target false-match rate of a graph edge, measured with benchmarks/planted_noise.py (the project's dlib
 # embedder; the 158 LFW identities with 10+ photos, at most 40 each; 10% of photos moved; seeds 0-2), as precision /

@@ -20,9 +20,9 @@ modified), writing OUT/<folder>/<photo>, OUT/meta.json (deepfake marks) and OUT/
 - whether the merged folder got a `split` flag and the split pair a `merge` flag; fake_mismatch precision/recall.
 
 Example:
-    python -m curation.noise plant ../shared/faces/lfw noisy --min-photos 10
+    python -m curation.flagging.noise plant ../shared/faces/lfw noisy --min-photos 10
     python -m curation.clean noisy --workdir work
-    python -m curation.noise score work noisy/truth.json
+    python -m curation.flagging.noise score work noisy/truth.json
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from labels.cli import UserError, run_cli
 from labels.imagefile import ImageError, is_image_name, read_rgb
 
 TRUTH_NAME = "truth.json"
@@ -81,7 +82,7 @@ def plan_noise(
     rng = np.random.default_rng(seed)
     names = sorted(identities)
     if len(names) < 6:
-        raise ValueError(f"planting noise needs at least 6 identities with enough photos, found {len(names)}")
+        raise UserError(f"planting noise needs at least 6 identities with enough photos, found {len(names)}")
     plan = NoisePlan()
     pick = rng.permutation(len(names))
     keep_a, merged_b, split_c = names[pick[0]], names[pick[1]], names[pick[2]]
@@ -239,9 +240,9 @@ def plant(
     """Build the noisy copy of SRC in OUT (which must be empty or absent) and return the truth (also OUT/truth.json)."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
-        raise ValueError(f"{src}: not a folder of identity folders")
+        raise UserError(f"{src}: not a folder of identity folders")
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: exists and is not empty (pick a new folder for the noisy copy)")
+        raise UserError(f"{out}: exists and is not empty (pick a new folder for the noisy copy)")
     identities = list_identities(src, min_photos, max_identities, max_photos)
     plan = plan_noise(identities, fraction=fraction, n_duplicates=n_duplicates, seed=seed)
     for dest, (source, _, _) in plan.photos.items():
@@ -346,7 +347,7 @@ def format_score(s: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m curation.noise",
+        prog="python -m curation.flagging.noise",
         description="Plant known label noise in clean identity folders, and score a clean run against it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Example:")[1],
@@ -365,27 +366,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("workdir")
     s.add_argument("truth")
     args = parser.parse_args(argv)
+    return run_cli(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "plant":
+        truth = plant(
+            args.src, args.out, min_photos=args.min_photos, max_identities=args.max_identities,
+            max_photos=args.max_photos, fraction=args.fraction, n_duplicates=args.duplicates, seed=args.seed,
+        )
+        n_moved = sum(v["kind"] == "moved" for v in truth["photos"].values())
+        print(
+            f"wrote {args.out}: {len(truth['folder_person'])} folders, {len(truth['photos'])} photos "
+            f"({n_moved} moved), {len(truth['fakes'])} deepfake stand-ins; truth in {Path(args.out) / TRUTH_NAME}"
+        )
+        return
+    flags_csv = Path(args.workdir) / "flags.csv"
+    if not flags_csv.is_file():
+        raise UserError(f"{flags_csv}: not found (run python -m curation.clean first)")
     try:
-        if args.command == "plant":
-            truth = plant(
-                args.src, args.out, min_photos=args.min_photos, max_identities=args.max_identities,
-                max_photos=args.max_photos, fraction=args.fraction, n_duplicates=args.duplicates, seed=args.seed,
-            )
-            n_moved = sum(v["kind"] == "moved" for v in truth["photos"].values())
-            print(
-                f"wrote {args.out}: {len(truth['folder_person'])} folders, {len(truth['photos'])} photos "
-                f"({n_moved} moved), {len(truth['fakes'])} deepfake stand-ins; truth in {Path(args.out) / TRUTH_NAME}"
-            )
-            return 0
-        flags_csv = Path(args.workdir) / "flags.csv"
-        if not flags_csv.is_file():
-            raise ValueError(f"{flags_csv}: not found (run python -m curation.clean first)")
         truth = json.loads(Path(args.truth).read_text())
-        print(format_score(score(pd.read_csv(flags_csv, dtype={"image": str}), truth)))
-        return 0
-    except (ValueError, OSError, json.JSONDecodeError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{args.truth}: not a truth.json written by `plant` ({exc})") from None
+    print(format_score(score(pd.read_csv(flags_csv, dtype={"image": str}), truth)))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from labels.cli import UserError
+from labels.files import file_sha256
+
 # The original lfw.tgz (13,233 photos of 5,749 people, 250x250) on the figshare mirror that scikit-learn's
 # `sklearn/datasets/_lfw.py` downloads (ARCHIVE: url and sha256 checksum); 180,566,744 bytes. The UMass page
 # (http://vis-www.cs.umass.edu/lfw/) is the original source of the same archive.
@@ -28,7 +31,7 @@ LFW_URL = "https://ndownloader.figshare.com/files/5976018"
 LFW_SHA256 = "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0"
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """The file could not be fetched or failed verification; the message says which and why."""
 
 
@@ -40,21 +43,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "facecur"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(url: str, dest: str | Path, sha256: str, *, timeout: float = 30.0, progress: bool = True) -> Path:
     """Fetch `url` to `dest` unless a file with the right sha256 is already there; refuse a wrong checksum.
 
     Returns dest. Raises DownloadError (offline, HTTP error, checksum mismatch); nothing half-written is left at dest.
     """
     dest = Path(dest)
-    if dest.is_file() and sha256_of(dest) == sha256:
+    if dest.is_file() and file_sha256(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")

@@ -209,7 +209,7 @@ def build_graphs(
     emb: [N, D] float16/float32, L2-normalised rows (rows where `valid` is False are never read); a memory map is fine.
     codes: int [N] identity code per row (0..K-1; negative = no identity), e.g. from `pandas.factorize`.
     is_fake, valid: bool [N]. Only valid real photos enter the graphs; valid fakes are scored against the main component.
-    threshold: cosine at or above which two photos are joined by an edge (see curation.calibrate).
+    threshold: cosine at or above which two photos are joined by an edge (see curation.flagging.calibrate).
     block_elems: memory budget per batched multiply, in numbers (2**24 float32 = 64 MB plus the embeddings gathered).
     chunk_rows: photos read from `emb` per chunk of identities (see the module docstring); one chunk reads it in place.
     """

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from embeddings.device import pick_device
+from labels.cli import UserError
 
 T = TypeVar("T")
 
@@ -42,8 +43,9 @@ _objects: Any = None  # the gloo group for objects and long waits, while a run i
 _owned = False  # whether `init` created the default group (and `cleanup` must destroy it)
 
 
-class MainFailed(RuntimeError):
-    """Raised on the other ranks when rank 0 failed at something they were waiting for (rank 0 prints the reason)."""
+class MainFailed(UserError):
+    """Raised on the other ranks when rank 0 failed at something they were waiting for. Rank 0 reports the cause
+    (a one-line error or its traceback); the others only say that they stopped because of it."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def world() -> World:
         return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
                      int(os.environ.get("WORLD_SIZE", 1)))
     except ValueError:
-        raise ValueError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by torchrun)") from None
+        raise UserError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by torchrun)") from None
 
 
 def init(device_spec: str = "auto") -> tuple[World, torch.device]:
@@ -96,10 +98,10 @@ def _rank_device(spec: str, w: World) -> torch.device:
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if spec not in ("auto", "cuda"):
-        raise ValueError(f"--device {spec}: under torchrun each process takes cuda:LOCAL_RANK; use --device cuda or auto")
+        raise UserError(f"--device {spec}: under torchrun each process takes cuda:LOCAL_RANK; use --device cuda or auto")
     pick_device("cuda")  # the clear error when there is no GPU
     if w.local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK {w.local_rank}, but torch sees {torch.cuda.device_count()} GPU(s) on this node: "
+        raise UserError(f"LOCAL_RANK {w.local_rank}, but torch sees {torch.cuda.device_count()} GPU(s) on this node: "
                          "--nproc-per-node must not exceed the GPUs of a node")
     torch.cuda.set_device(w.local_rank)
     return torch.device("cuda", w.local_rank)

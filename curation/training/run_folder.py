@@ -18,14 +18,41 @@ Everything in a state file loads with `torch.load(weights_only=True)`: RNG state
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+from labels.cli import UserError
+from labels.files import atomic_write, write_json
+
+# torch is imported by the methods that save and load training state only: the review app and
+# `curation.evaluate --compare` read run folders without paying for it.
+
+HISTORY_NAME = "performance_history.json"
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """The validation records of a run, as `RunFolder.append_history` writes them: a JSON list of flat records
+    (step, epoch, lr, train_loss, eer, eer_threshold, ..., per_type: {pair type: error rate}, tar_at_far: {...}).
+
+    The one reader of RUN/performance_history.json (training's resume, `evaluate --compare`, the review app).
+    Raises UserError naming the file when it is missing, unreadable or not a list of records.
+
+    Example:
+        >>> [r["eer"] for r in read_history("runs/ft1/performance_history.json")]
+        [0.041, 0.035]
+    """
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (written by `python -m curation.train_on_clean`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise UserError(f"{path}: expected a list of validation records")
+    return records
 
 
 @dataclass(frozen=True)
@@ -51,32 +78,13 @@ def update_top_k(kept: list[Kept], new: Kept, k: int) -> tuple[list[Kept], list[
     return ranked[:k], ranked[k:]
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, value) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
-
-
 class RunFolder:
     """Paths and crash-safe writes of one run folder."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.config = self.path / "config.json"
-        self.history_file = self.path / "performance_history.json"
+        self.history_file = self.path / HISTORY_NAME
         self.last = self.path / "last.pt"
         self.best = self.path / "best.pt"
         self.checkpoints = self.path / "checkpoints"
@@ -88,15 +96,7 @@ class RunFolder:
 
     # ---- history ----------------------------------------------------------------------------------------------
     def history(self) -> list[dict]:
-        if not self.history_file.exists():
-            return []
-        try:
-            records = json.loads(self.history_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{self.history_file}: unreadable ({exc})") from exc
-        if not isinstance(records, list):
-            raise ValueError(f"{self.history_file}: expected a JSON list of records")
-        return records
+        return read_history(self.history_file) if self.history_file.exists() else []
 
     def append_history(self, record: dict) -> None:
         """Rewrite the whole file with one more record (it stays small: one record per validation)."""
@@ -141,6 +141,8 @@ class RunFolder:
         """Write the training state for `state['step']`, then last.pt, then drop older states (see module doc)."""
         step = int(state["step"])
         self.path.mkdir(parents=True, exist_ok=True)
+        import torch
+
         atomic_write(self.state_path(step), lambda tmp: torch.save(state, tmp))
         save_model(self.last)
         for old in self.states.glob("step_*.pt"):
@@ -151,6 +153,8 @@ class RunFolder:
         path = self.state_path(step)
         if not path.exists():
             raise FileNotFoundError(f"{path}: the training state for last.pt (step {step}) is missing")
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def reconcile(self, step: int, kept: list[Kept]) -> None:

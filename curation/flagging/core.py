@@ -2,11 +2,11 @@
 
 This is the whole cleaning method, independent of files, stores and embedders (curation.clean feeds it; the scale
 benchmark feeds it synthetic arrays):
-1. calibrate the edge threshold from cross-identity pairs (curation.calibrate), unless the user set one;
-2. per identity, a similarity graph of its real photos (curation.graph): isolated -> `outlier`, outside the largest
+1. calibrate the edge threshold from cross-identity pairs (curation.flagging.calibrate), unless the user set one;
+2. per identity, a similarity graph of its real photos (curation.flagging.graph): isolated -> `outlier`, outside the largest
    component -> `minority`, two big components -> `split`; a deepfake whose best similarity to the main component is
    below the threshold -> `fake_mismatch`;
-3. across identities, faiss over identity centroids (curation.search): the most likely true identity of every
+3. across identities, faiss over identity centroids (curation.flagging.search): the most likely true identity of every
    outlier/minority photo (`suggested_identity`), identity pairs whose photos match like one person's -> `merge`, and
    near-identical photos under two identities -> `duplicate`.
 
@@ -22,7 +22,7 @@ merge: share of cross pairs joined by an edge; duplicate: cosine of the two phot
 
 Memory past ten million photos: `emb` may be a read-only memory map (`np.load(path, mmap_mode="r")`, float16 kept as
 float16). It is read in passes that each hold a bounded part of it: norms in slices, the graphs in chunks of
-identities (`FlagConfig.chunk_rows`, see curation.graph), centroid sums in slices, flagged photos in batches. What
+identities (`FlagConfig.chunk_rows`, see curation.flagging.graph), centroid sums in slices, flagged photos in batches. What
 stays in memory is the per-row output (~100 bytes a photo with the nodes table), one chunk, and the centroid index
 (2 x identities x D float32). Embeddings that are not unit length are normalised into a temporary file, not into RAM,
 when they come as a memory map.
@@ -41,14 +41,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from curation.calibrate import (
+from curation.flagging.calibrate import (
     DEFAULT_TARGET_FMR,
     calibrate_threshold,
     duplicate_threshold,
     hist_quantile,
     identity_sums,
 )
-from curation.graph import (
+from curation.flagging.graph import (
     CHUNK_ROWS,
     HIST_EDGES,
     build_graphs,
@@ -59,11 +59,12 @@ from curation.graph import (
     slice_rows,
     take_rows,
 )
-from curation.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
+from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
 from embeddings.device import pick_device
+from labels.cli import UserError
 
 
-class FlagError(ValueError):
+class FlagError(UserError):
     """The arrays cannot be flagged at all (e.g. a single identity and no --threshold); the message says why."""
 
 
@@ -77,7 +78,7 @@ class FlagConfig:
     split_min_size: int = 3  # ... and at least this many photos -> split
     merge_min_density: float | None = None  # None = half the median edge density inside identities
     merge_ratio: float = 0.8  # (cross mean - impostor mean) / (own mean - impostor mean), see the merge step
-    duplicate_threshold: float | None = None  # None = calibrated from the genuine median (curation.calibrate)
+    duplicate_threshold: float | None = None  # None = calibrated from the genuine median (curation.flagging.calibrate)
     suggest_k: int = 2  # nearest identities other than its own a flagged photo is searched for a duplicate in
     merge_k: int = 5  # nearest identities checked per identity for merges
     nprobe: int = DEFAULT_NPROBE

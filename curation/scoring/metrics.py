@@ -481,7 +481,7 @@ def error_rates_by_type(
     """Error rates per pair type at `threshold` (default: the bob EER threshold of these scores).
 
     Inputs: `types` has one entry per pair, either names (e.g. "same", "different", "own_fake") or integer codes with
-    `type_names` (e.g. `curation.pairs.PAIR_KINDS`, so 10M codes need no string handling). Output: name -> TypeRates,
+    `type_names` (e.g. `curation.training.pairs.PAIR_KINDS`, so 10M codes need no string handling). Output: name -> TypeRates,
     names sorted (by code when coded).
 
     Example:

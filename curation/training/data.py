@@ -3,7 +3,7 @@
 Why a module of its own: the data side of `curation.train_on_clean` must stay exactly in step with the rest of the
 product. Labels are what `labels.export` would write (`effective_labels`), crops come from the embedding pass's cache
 (`embeddings.pipeline.align_images`, read back by its `CropDataset`), and pairs are the recipe's 50/25/25
-(`curation.pairs`). Everything random is drawn from (seed, epoch), so an epoch can be rebuilt at any step on resume.
+(`curation.training.pairs`). Everything random is drawn from (seed, epoch), so an epoch can be rebuilt at any step on resume.
 
 Example:
     >>> data = prepare_data(cfg)                      # TrainData: table of usable photos, identity-disjoint split
@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from curation.pairs import PairStats, Pairs, make_pairs, split_identities
-from curation.train_config import TrainConfig
+from curation.training.pairs import PairStats, Pairs, make_pairs, split_identities
+from curation.training.config import TrainConfig
 from embeddings.pipeline import CropDataset, align_images
+from labels.cli import UserError
 from labels.export import effective_labels
 from labels.ingest import IngestError, ingest
 from labels.layouts import LayoutError
@@ -36,7 +37,7 @@ _VAL_STREAM = 1_000_003
 
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """Something about the data, the run folder or the checkpoint that stops a run; printed as one line, exit code 2."""
 
 
@@ -57,7 +58,7 @@ class TrainData:
     def __post_init__(self) -> None:
         self.crops = CropDataset(self.table["crop"].tolist())
 
-    # Pickled when rank 0 sends the prepared data to the other ranks (curation.distributed.from_main): the crops are
+    # Pickled when rank 0 sends the prepared data to the other ranks (curation.training.distributed.from_main): the crops are
     # rebuilt from the table on arrival rather than sent twice.
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "crops"}

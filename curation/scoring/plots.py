@@ -20,7 +20,7 @@ from statistics import NormalDist
 import numpy as np
 import plotly.graph_objects as go
 
-from curation.metrics import Curve
+from curation.scoring.metrics import Curve
 
 # DET axes are normal deviates (as in bob.measure and NIST's DET plots); these error rates get tick labels.
 _DET_TICKS = (1e-5, 1e-4, 1e-3, 1e-2, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)

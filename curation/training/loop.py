@@ -1,0 +1,507 @@
+"""The fine-tuning loop behind `python -m curation.train_on_clean WORK --init CKPT --out RUN`: `train(cfg)`.
+
+This is what the cleaning is for: the labels the store holds after review (exactly what `labels.export` would write) or
+an exported dataset folder become verification pairs (same person / different person / person vs own deepfake, 50/25/25,
+identity-disjoint 95/5 split, see curation.training.pairs) and a pretrained IR backbone is fine-tuned on them with the adaptive
+margin pair loss (or, as an option, the AdaFace margin head on identities), validating by EER with an error breakdown
+per pair type. Defaults are the reference recipe (`../shared/spec/FORMATS.md`, see curation.training.config).
+
+One code path with the embedding pass: photos are aligned by `embeddings.pipeline` into the same crop cache, and every
+batch becomes model input through `embeddings.preprocess.to_input(..., "adaface")` (BGR, [-1, 1]).
+
+Resuming: the pairs of epoch e are drawn from (seed, e) and flips from the same generator, DataLoader workers draw no
+random numbers, and the torch RNG state (dropout) is saved with the optimizer, scheduler and scaler; so `--resume`
+continues from `last` with the very batch that would have come next (see curation.training.run_folder for the crash-safe files).
+The plateau scheduler steps only at the regular validations (every `val_every` steps); the extra validation at the end of
+a run updates history and checkpoints but not the scheduler, so stopping at step k and resuming gives the same run as
+never stopping.
+
+Several GPUs or nodes: the same command under torchrun runs DistributedDataParallel (curation.training.distributed: who is
+rank 0, the device, the collectives). --batch-size is the global batch, split over the processes by
+`curation.training.data.RankSlices`, so the pairs of every step and the resume position (in global pairs) do not depend
+on the number of processes; rank 0 prepares the data, logs and writes the run folder.
+
+Example:
+    python -m curation.train_on_clean work/ --init adaface_ir101_webface12m.ckpt --out runs/ft1
+    python -m curation.train_on_clean work/ --out runs/ft1 --resume
+    torchrun --nproc-per-node 4 -m curation.train_on_clean work/ --init adaface_ir101_webface12m.ckpt --out runs/ft2
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from curation.training import distributed
+from curation.training.distributed import World
+from curation.scoring.metrics import accuracy_at, verification_report
+from curation.training.pairs import PAIR_KINDS, Pairs
+from curation.training.data import (
+    CropImages,
+    TrainData,
+    TrainError,
+    epoch_data,
+    epoch_loader,
+    prepare_data,
+    validation_pairs,
+)
+from curation.training.config import TrainConfig
+from curation.training.run_folder import Kept, RunFolder, kept_from_state, kept_to_state
+from labels.files import write_json
+from embeddings import CheckpointError, build_backbone, load_backbone, read_checkpoint, save_backbone
+from embeddings.device import amp_dtype, autocast
+from embeddings.losses import AdaFaceHead, AdaptiveMarginPairLoss
+from embeddings.pipeline import CropDataset
+from embeddings.preprocess import to_input
+
+
+# ---- model, optimisation, validation --------------------------------------------------------------------------------
+@torch.no_grad()
+def embed_rows(
+    model: torch.nn.Module, crops: CropDataset, rows: np.ndarray, cfg: TrainConfig, device: torch.device, dtype,
+    world: World = World(),
+) -> torch.Tensor | None:
+    """Unit embeddings [len(rows), 512] (float32, CPU) of the given crops, in eval mode, without flips.
+
+    Under torchrun the batches are shared out (batch j to rank j % size) and gathered on rank 0, which returns them in
+    order (the others return None). The batches are the single-process ones, so each crop is embedded in a batch of the
+    same content and shape whatever the number of processes, and the validation EER does not depend on it.
+    """
+    ds = CropImages(crops, rows, np.zeros(len(rows), bool), np.full(len(rows), -1))
+    size = 2 * cfg.batch_size
+    n_batches = math.ceil(len(rows) / size)
+    mine = [range(j * size, min((j + 1) * size, len(rows))) for j in range(world.rank, n_batches, world.size)]
+    loader = DataLoader(
+        ds, batch_sampler=mine, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    model.eval()
+    out = []
+    for x, _ in loader:
+        with autocast(device, enabled=dtype is not None, dtype=dtype):
+            unit, _ = model(to_input(x.to(device, non_blocking=True), "adaface"))
+        out.append(unit.float().cpu())
+    parts = distributed.gather(out)
+    if parts is None:
+        return None
+    return torch.cat([parts[j % world.size][j // world.size] for j in range(n_batches)])
+
+
+def validate(
+    model: torch.nn.Module, data: TrainData, pairs: Pairs, cfg: TrainConfig, device: torch.device, dtype,
+    world: World = World(),
+) -> dict:
+    """Validation metrics on the held-out identities' pairs: EER (bob) with its threshold, the organisers' EER,
+    accuracy at the fixed threshold, and error rates per pair type at the EER threshold. Under torchrun every rank
+    embeds its share and gets rank 0's metrics, so all take the same scheduler decision."""
+    rows = np.unique(np.concatenate([pairs.a, pairs.b]))
+    emb = embed_rows(model, data.crops, rows, cfg, device, dtype, world)
+    if emb is None:
+        return distributed.broadcast(None)
+    ia, ib = np.searchsorted(rows, pairs.a), np.searchsorted(rows, pairs.b)
+    scores = (emb[ia] * emb[ib]).sum(1).numpy().astype(np.float64)
+    report = verification_report(scores, pairs.label, pairs.kind, type_names=PAIR_KINDS, curve=False)
+    return distributed.broadcast({
+        "eer": report.eer,
+        "eer_threshold": report.eer_threshold,
+        "eer_roc": report.eer_roc,
+        "accuracy": accuracy_at(scores, pairs.label, cfg.accuracy_threshold),
+        "accuracy_threshold": cfg.accuracy_threshold,
+        "accuracy_at_eer_threshold": report.accuracy,
+        "per_type": {name: r.rate for name, r in report.per_type.items()},
+        "tar_at_far": {k: v.tar for k, v in report.tar_at_far.items()},
+        "n_pairs": report.n_pos + report.n_neg,
+    })
+
+
+def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, device: torch.device, dtype) -> float:
+    """One optimizer step on a batch from the epoch's loader (uint8 crops, turned into model input here by to_input);
+    returns the loss. `head` is the AdaFace head (objective adaface) or None; `dtype` the autocast dtype or None.
+    Under torchrun `model` and `head` are DDP-wrapped, the batch is this rank's slice, and the loss returned is the mean
+    over ranks: the global batch's loss, the same on every rank."""
+    model.train()
+    if cfg.objective == "pair":
+        crop_a, crop_b, label, _ = batch
+        # uint8 goes to the GPU (4x fewer bytes than float), the convention is applied there
+        x = to_input(torch.cat([crop_a, crop_b]).to(device, non_blocking=True), "adaface")
+        with autocast(device, enabled=dtype is not None, dtype=dtype):
+            unit, _ = model(x)
+        n = crop_a.shape[0]
+        cos = (unit[:n].float() * unit[n:].float()).sum(1)
+        loss = loss_fn(cos, label.to(device))
+    else:
+        crops, target = batch
+        target = target.to(device)
+        with autocast(device, enabled=dtype is not None, dtype=dtype):
+            unit, norm = model(to_input(crops.to(device, non_blocking=True), "adaface"))
+        loss = F.cross_entropy(head(unit.float(), norm.float(), target), target)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip is not None:
+        scaler.unscale_(opt)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    value = distributed.mean(loss.detach())
+    if not math.isfinite(value):
+        raise TrainError(f"the loss became {value}; lower --lr or set --grad-clip (or --precision fp32/bf16)")
+    return value
+
+
+# ---- the run --------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What a call to `train` did: the losses of the steps it ran, where things are, and a fingerprint of the final
+    weights (sha256 of their state_dict, see curation.training.distributed.fingerprint; equal on every rank under torchrun)."""
+
+    run: Path
+    steps: list[int]
+    losses: list[float]
+    history: list[dict]
+    best: Kept | None
+    weights: str
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resumed_rng(state: dict, world: World) -> dict | None:
+    """This rank's saved RNG state: its own when the run goes on with as many processes as it was saved with; with
+    another number, rank 0 takes rank 0's and the other ranks keep the fresh stream they were seeded with (None)."""
+    states = state.get("rng_ranks") or [state["rng"]]
+    if len(states) == world.size:
+        return states[world.rank]
+    return state["rng"] if world.is_main else None
+
+
+def _initial_model(cfg: TrainConfig, say: Callable[[str], None]) -> torch.nn.Module:
+    if cfg.init == "random":
+        arch = cfg.arch or "ir_101"
+        say(
+            "\n" + "!" * 100 + f"\n!! WARNING: --init random: training {arch} from RANDOM weights. Fine-tuning needs a"
+            " pretrained backbone\n!! (e.g. AdaFace IR-101); from scratch, this recipe (lr 5e-6, a few epochs) learns"
+            " next to nothing.\n" + "!" * 100
+        )
+        return build_backbone(arch)
+    try:
+        model = load_backbone(cfg.init, arch=cfg.arch)
+    except CheckpointError as exc:
+        raise TrainError(f"--init {exc}") from None
+    say(f"initial weights: {cfg.init} ({model.arch})")
+    return model
+
+
+def _meta(cfg: TrainConfig, model, step: int, epoch: int, metrics: dict | None) -> dict:
+    meta = {"step": step, "epoch": epoch, "arch": model.arch, "init": cfg.init, "objective": cfg.objective}
+    if metrics is not None:
+        meta.update(eer=metrics["eer"], eer_threshold=metrics["eer_threshold"])
+    return meta
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fine-tune according to `cfg`, writing everything into `cfg.out` (see curation.training.run_folder for the layout).
+
+    Inputs: a resolved TrainConfig; `resume` to continue the run in `cfg.out` from its last save; whether to show a
+    progress bar; where to send log lines. Output: TrainResult (the per-step losses of this call, the validation
+    history, the best checkpoint). Raises TrainError (one line, for the user) for unusable data, run folders or
+    checkpoints.
+
+    Under torchrun (WORLD_SIZE > 1) this process is one rank of a DistributedDataParallel run: `cfg.batch_size` is the
+    global batch, split evenly over the ranks, so a step sees the same pairs whatever the number of processes; rank 0
+    prepares the data and is the only one that logs, shows progress and writes the run folder; every rank returns the
+    same losses, history and weights (see curation.training.distributed).
+
+    Example:
+        >>> cfg = resolve_config(cli_values={"data": "work", "init": "ir101.ckpt", "out": "runs/a", "max_steps": 500})
+        >>> result = train(cfg)
+        >>> result.best.eer, result.history[-1]["per_type"]
+    """
+    world, device = distributed.init(cfg.device)
+    try:
+        return _train(cfg, world, device, resume=resume, progress=progress and world.is_main,
+                      say=say if world.is_main else lambda _: None)
+    finally:
+        distributed.cleanup()
+
+
+def _train(
+    cfg: TrainConfig, world: World, device: torch.device, *, resume: bool, progress: bool, say: Callable[[str], None]
+) -> TrainResult:
+    """The body of `train`, run by every rank (rank 0 alone writes files; the others get `say` silenced)."""
+    run = RunFolder(cfg.out)
+    if not resume and run.has_run():
+        raise TrainError(f"{cfg.out} already holds a run: add --resume to continue it, or choose another --out")
+    per_rank = 1 if cfg.objective == "pair" else 2  # batch norm needs two images per process
+    if cfg.batch_size % world.size or cfg.batch_size // world.size < per_rank:
+        raise TrainError(
+            f"--batch-size {cfg.batch_size} is the global batch, split over the {world.size} processes: it must be a"
+            f" multiple of {world.size} and at least {per_rank * world.size}"
+        )
+    dtype = amp_dtype(device, cfg.precision)
+    state = _load_resume_state(run) if resume else None
+    if state is None:
+        torch.manual_seed(cfg.seed)  # random initial weights come from the seed
+        model = _initial_model(cfg, say)  # before the data, so a bad checkpoint fails before hours of alignment
+    else:
+        model = load_backbone(run.last, arch=cfg.arch)
+    # Rank 0 aligns into the crop cache while the others wait; they receive the very same table (see from_main).
+    data = distributed.from_main(lambda: prepare_data(cfg, say=say, progress=progress), "preparing the data")
+    for line in data.notes:
+        say(line)
+    vpairs, vstats = validation_pairs(data, cfg)
+    if min(vpairs.counts()["same"], len(vpairs) - vpairs.counts()["same"]) == 0:
+        raise TrainError(
+            f"the validation split ({len(data.val_ids)} identities) gives no usable pairs: it needs identities with at"
+            " least two real photos; raise --val-fraction or add photos"
+        )
+    say(f"validation: {vstats.describe()}")
+    if world.is_main:
+        # Written once the inputs are known to be usable (so a failed start leaves no run behind), and on resume too:
+        # it records the options the run now continues with.
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_json(run.config, cfg.to_dict())
+    classes = {name: i for i, name in enumerate(data.train_ids)} if cfg.objective == "adaface" else None
+
+    # The AdaFace head and dropout draw from here on, each rank from a stream of its own (rank 0's is the
+    # single-process one); a resumed run restores the states.
+    torch.manual_seed(cfg.seed + world.rank)
+    model.to(device)
+    head = None
+    if classes is not None:
+        head = AdaFaceHead(len(classes), m=cfg.adaface_m, h=cfg.adaface_h, s=cfg.adaface_s).to(device)
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=cfg.lr_threshold
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    loss_fn = AdaptiveMarginPairLoss(cfg.margin_s, cfg.margin_base, cfg.margin_alpha)
+
+    step, epoch, pos, kept, loss_sum, loss_n = 0, 0, 0, [], 0.0, 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if head is not None:
+            head.load_state_dict(state["head"])
+        step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
+        kept = kept_from_state(state["kept"])
+        loss_sum, loss_n = float(state["loss_sum"]), int(state["loss_n"])
+        if world.is_main:
+            run.reconcile(step, kept)
+        rng = _resumed_rng(state, world)
+        if rng is not None:
+            _set_rng_state(rng)
+        say(f"resuming {run.path} at step {step} (epoch {epoch + 1}, batch {pos})")
+        saved_size = int(state.get("world_size", 1))
+        if saved_size != world.size:
+            say(f"note: saved by {saved_size} process(es), continued by {world.size}: every step trains on the same"
+                " pairs, but batch-norm statistics and dropout are per process, so this is not bit for bit the run that"
+                f" {saved_size} process(es) would have continued")
+    # Gradients are averaged over ranks by DDP; the unwrapped model and head are what is validated and saved.
+    net = distributed.wrap(model, device)
+    head_net = distributed.wrap(head, device) if head is not None else None
+
+    first = epoch_data(data, cfg, epoch, classes)
+    if first.steps == 0:
+        raise TrainError(
+            f"fewer training {'pairs' if cfg.objective == 'pair' else 'photos'} ({len(first.dataset)}) than one batch"
+            f" ({cfg.batch_size}): lower --batch-size or add photos"
+        )
+    if first.stats is not None:
+        say(f"training: {first.stats.describe()}")
+    else:
+        say(f"training: {len(first.dataset):,} real photos of {len(classes):,} identities (AdaFace head, one class each)")
+    if world.size > 1:
+        say(f"distributed: {world.size} processes ({device.type}), {cfg.batch_size // world.size} of the"
+            f" {cfg.batch_size} {'pairs' if cfg.objective == 'pair' else 'photos'} of each step per process")
+    total = first.steps * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, first.steps * cfg.epochs)
+    logger = _make_logger(cfg, run) if world.is_main else None
+    started = time.monotonic()
+    steps_run: list[int] = []
+    losses: list[float] = []
+    last_validated = -1 if state is None else step
+
+    def checkpoint(regular: bool) -> dict:
+        """Validate, record, keep the best, save last: the one place a run's files change (on rank 0)."""
+        nonlocal kept, loss_sum, loss_n, last_validated
+        if world.size > 1:
+            distributed.sync_buffers(model)
+            _check_in_step(model, step)
+        metrics = validate(model, data, vpairs, cfg, device, dtype, world)
+        elapsed = time.monotonic() - started
+        record = {
+            "step": step,
+            "epoch": epoch + (pos / max(first.steps, 1)),
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": loss_sum / loss_n if loss_n else None,
+            **metrics,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "steps_per_s": len(steps_run) / elapsed if steps_run and elapsed > 0 else None,
+            "scheduled": regular,
+        }
+        if regular:
+            sched.step(metrics["eer"])  # the same EER on every rank, so the same learning rate
+        loss_sum, loss_n = 0.0, 0
+        last_validated = step
+        rngs = distributed.gather(_rng_state())
+        if world.is_main:
+            run.append_history(record)
+            meta = _meta(cfg, model, step, epoch, metrics)
+            kept, _ = run.keep_checkpoint(
+                kept, step, metrics["eer"], cfg.keep_best, lambda p: save_backbone(model, p, **meta)
+            )
+            ranks = {"world_size": world.size, "rng_ranks": rngs} if world.size > 1 else {}
+            run.save_last(
+                {
+                    "format": "facecur-train-state-v1",
+                    "step": step,
+                    "epoch": epoch,
+                    "step_in_epoch": pos,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "head": head.state_dict() if head is not None else None,
+                    "kept": kept_to_state(kept),
+                    "loss_sum": loss_sum,
+                    "loss_n": loss_n,
+                    "rng": rngs[0],
+                    **ranks,
+                },
+                lambda p: save_backbone(model, p, **meta),
+            )
+            run.prune(kept)
+            if logger is not None:
+                logger(record, step)
+            tqdm.write(_describe(record))
+        kept = distributed.broadcast(kept)  # the others wait here (patiently) while rank 0 writes
+        return record
+
+    bar = tqdm(total=total, initial=step, unit="step", desc="fine-tuning", disable=not progress, dynamic_ncols=True)
+    try:
+        if state is None:
+            checkpoint(regular=True)  # step 0: the initial weights' EER, so every gain is measured against it
+        ep = first
+        while step < total:
+            for batch in epoch_loader(ep.dataset, cfg, pos * cfg.batch_size, device, world.rank, world.size):
+                value = train_step(net, head_net, loss_fn, batch, opt, scaler, cfg, device, dtype)
+                step, pos = step + 1, pos + 1
+                loss_sum, loss_n = loss_sum + value, loss_n + 1
+                steps_run.append(step)
+                losses.append(value)
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.2g}")
+                if logger is not None and step % 10 == 0:
+                    logger({"train_loss_step": value, "lr": opt.param_groups[0]["lr"]}, step)
+                if step % cfg.val_every == 0:
+                    checkpoint(regular=True)
+                if step >= total:
+                    break
+            if pos >= ep.steps:
+                epoch, pos = epoch + 1, 0
+                if step < total:
+                    ep = epoch_data(data, cfg, epoch, classes)
+        if last_validated != step:
+            checkpoint(regular=False)
+    finally:
+        bar.close()
+    history = run.history()
+    best = kept[0] if kept else None
+    return TrainResult(run.path, steps_run, losses, history, best, distributed.fingerprint(model))
+
+
+def _check_in_step(model: torch.nn.Module, step: int) -> None:
+    """Every rank must hold the same weights at a checkpoint (DDP keeps them so; this makes sure before saving)."""
+    prints = distributed.all_gather(distributed.fingerprint(model))
+    if len(set(prints)) > 1:
+        raise TrainError(
+            f"the processes' weights differ at step {step} (fingerprints {', '.join(p[:12] for p in prints)}): stop"
+            " and resume from the last save with --resume"
+        )
+
+
+def _describe(record: dict) -> str:
+    types = ", ".join(f"{k} {v:.3f}" for k, v in record["per_type"].items())
+    loss = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+    return (
+        f"step {record['step']}: EER {record['eer']:.4f} (thr {record['eer_threshold']:.3f}), "
+        f"acc@{record['accuracy_threshold']:g} {record['accuracy']:.4f}, errors {types}, train loss {loss}, "
+        f"lr {record['lr']:.2g}"
+    )
+
+
+def _load_resume_state(run: RunFolder) -> dict | None:
+    """The training state matching last.pt, or None when the run never got to its first save (it starts over)."""
+    if not run.last.exists():
+        return None
+    try:
+        step = int(read_checkpoint(run.last).meta["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        raise TrainError(f"{run.last}: cannot resume from it ({exc})") from None
+    try:
+        return run.load_state(step)
+    except FileNotFoundError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _make_logger(cfg: TrainConfig, run: RunFolder) -> Callable[[dict, int], None] | None:
+    """Weights & Biases or TensorBoard logging when asked for; a clear error when the package is missing."""
+    if cfg.log == "none":
+        return None
+
+    def numbers(record: dict) -> dict:
+        flat = {}
+        for k, v in record.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}/{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))})
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[k] = v
+        return flat
+
+    if cfg.log == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise TrainError("--log wandb: the wandb package is not installed (pip install wandb), or drop --log") from None
+        wandb.init(project="facecur", name=run.path.name, dir=str(run.path), config=cfg.to_dict(), resume="allow")
+        return lambda record, step: wandb.log(numbers(record), step=step)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainError(
+            "--log tensorboard: the tensorboard package is not installed (pip install tensorboard), or drop --log"
+        ) from None
+    writer = SummaryWriter(log_dir=str(run.path / "tensorboard"))
+
+    def log(record: dict, step: int) -> None:
+        for k, v in numbers(record).items():
+            writer.add_scalar(k, v, step)
+        writer.flush()
+
+    return log
