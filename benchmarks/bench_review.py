@@ -62,7 +62,7 @@ def build(work: Path, n_ids: int, per_id: int, dim: int, seed: int) -> None:
     t = time.perf_counter()
     store.replace_flags("clean", flags)
     print(f"{len(flags):,} flags written in {time.perf_counter() - t:.1f}s")
-    ids = store.query("SELECT id FROM images ORDER BY id").id.to_numpy()  # inserted in order: row i <-> ids[i]
+    ids = store.images().id.to_numpy()  # inserted in order: row i <-> ids[i]
 
     (work / "clean").mkdir(exist_ok=True)
     emb = np.lib.format.open_memmap(work / "clean" / "embeddings.npy", mode="w+", dtype=np.float16, shape=(n, dim))
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             rv.undo_decision(store, out.decision_id, reviewer="bench")
         timed("queue_page (25 rows, page 40)", lambda: rv.queue_page(store, snap, offset=1000), 3)
         timed("next_identity", lambda: rv.next_identity(snap, snap.frame.identity.iloc[3], 3), 3)
-        timed("store_version (cache key)", lambda: rv.store_version(store), 3)
+        timed("store.version() (cache key)", store.version, 3)
         timed("history_lines (15)", lambda: rv.history_lines(store), 3)
         queue = snap
         print(f"identity page (every rerun; {queue.total:,} identities queued):")

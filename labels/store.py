@@ -34,7 +34,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from labels.cli import UserError
-from labels.vocab import check_action, check_kind
+from labels.vocab import FLAG_KINDS, check_action, check_kind
 
 STORE_NAME = "labels.sqlite"
 SCHEMA_VERSION = 1
@@ -275,10 +275,25 @@ class LabelStore:
             finally:
                 self._db.execute("COMMIT")
 
-    def query(self, sql: str, params: Sequence | dict = ()) -> pd.DataFrame:
-        """Read-only SQL into a DataFrame, for callers that need a view the methods below do not give."""
+    def _frame(self, sql: str, params: Sequence | dict = ()) -> pd.DataFrame:
+        """A read into a DataFrame, on this connection (so inside `snapshot()` it sees the snapshot's state).
+
+        Private on purpose: the schema is this module's business, every view the rest of the project needs is a named
+        method below, so no SQL lives outside labels/.
+        """
         with self._lock:
             return pd.read_sql_query(sql, self._db, params=params)
+
+    def version(self) -> tuple[int, int, int]:
+        """A cheap cache key for anything derived from the store: (last decision, last flag, number of flags).
+
+        Decisions and flags are the only things that change what a page shows; ids are never reused, so an equal key
+        means equal contents (a new clean that replaced open flags changes the last flag id or the count)."""
+        row = self._db.execute(
+            "SELECT (SELECT IFNULL(MAX(id), 0) FROM decisions), (SELECT IFNULL(MAX(id), 0) FROM flags),"
+            " (SELECT COUNT(*) FROM flags)"
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
 
     # ---- meta ---------------------------------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -377,12 +392,10 @@ class LabelStore:
             where.append("removed=0")
         sql = f"SELECT {self._IMAGE_COLUMNS} FROM images WHERE " + " AND ".join(where or ["1"])
         if ids is None:
-            return self.query(sql + " ORDER BY id", params)
-        ids = [int(i) for i in ids]
-        chunks = [ids[k : k + 900] for k in range(0, len(ids), 900)]  # SQLite caps bound parameters
-        parts = [self.query(f"{sql} AND id IN ({','.join('?' * len(c))})", [*params, *c]) for c in chunks]
+            return self._frame(sql + " ORDER BY id", params)
+        parts = [self._frame(f"{sql} AND id IN ({_marks(c)})", [*params, *c]) for c in _chunks([int(i) for i in ids])]
         if not parts:
-            return self.query(sql + " AND 0", params)
+            return self._frame(sql + " AND 0", params)
         return pd.concat(parts).sort_values("id").reset_index(drop=True)
 
     def image_ids(self, paths: Sequence[str]) -> dict[str, int]:
@@ -396,13 +409,71 @@ class LabelStore:
 
     def identities(self) -> pd.DataFrame:
         """One row per current identity: photo counts (real, fake, removed) and open flags."""
-        return self.query(
+        return self._frame(
             "SELECT i.identity, COUNT(*) AS n_images,"
             " SUM(i.is_fake=0 AND i.removed=0) AS n_real, SUM(i.is_fake=1 AND i.removed=0) AS n_fake,"
             " SUM(i.removed) AS n_removed,"
             " (SELECT COUNT(*) FROM flags f WHERE f.identity=i.identity AND f.status='open') AS n_open_flags"
             " FROM images i WHERE i.present=1 GROUP BY i.identity ORDER BY i.identity"
         )
+
+    def identity_exists(self, name: str) -> bool:
+        """Whether any photo (present or not) is labelled `name` now: what a new identity's name must avoid."""
+        return self._db.execute("SELECT 1 FROM images WHERE identity=? LIMIT 1", (name,)).fetchone() is not None
+
+    def identity_names(self, *, prefix: str | None = None, containing: str | None = None, limit: int = 20) -> list[str]:
+        """Current identity names starting with `prefix` (an index range: fast at any size, case-sensitive) or
+        containing `containing` (case-insensitive for ASCII, LIKE wildcards taken literally), in name order."""
+        if prefix is not None:
+            rows = self._db.execute(
+                "SELECT DISTINCT identity FROM images WHERE identity >= ? AND identity < ? ORDER BY identity LIMIT ?",
+                (prefix, prefix + "\U0010ffff", int(limit)),
+            )
+        elif containing is not None:
+            rows = self._db.execute(
+                "SELECT DISTINCT identity FROM images WHERE identity LIKE ? ESCAPE '\\' ORDER BY identity LIMIT ?",
+                (_like(containing), int(limit)),
+            )
+        else:
+            rows = self._db.execute("SELECT DISTINCT identity FROM images ORDER BY identity LIMIT ?", (int(limit),))
+        return [r[0] for r in rows]
+
+    def find_images(self, containing: str, *, limit: int = 50) -> pd.DataFrame:
+        """Present photos whose path contains `containing` (case-insensitive for ASCII, wildcards literal), by id.
+
+        Columns: image_id, path, identity (current)."""
+        return self._frame(
+            "SELECT id AS image_id, path, identity FROM images WHERE present=1 AND path LIKE ? ESCAPE '\\'"
+            " ORDER BY id LIMIT ?",
+            [_like(containing), int(limit)],
+        )
+
+    def photo_counts(self, identities: Sequence[str]) -> dict[str, int]:
+        """identity -> present photos labelled with it now (removed ones included); absent names are left out."""
+        out: dict[str, int] = {}
+        names = list(identities)
+        for chunk in _chunks(names):
+            out.update(
+                self._db.execute(
+                    f"SELECT identity, COUNT(*) FROM images WHERE present=1 AND identity IN ({_marks(chunk)})"
+                    " GROUP BY identity",
+                    chunk,
+                ).fetchall()
+            )
+        return out
+
+    def totals(self) -> dict[str, int]:
+        """Whole-store counts for summaries: photos (present), removed (of those), identities (with a photo that is
+        present and not removed), decisions (every entry of the log, undos included)."""
+        photos, removed = self._db.execute(
+            "SELECT COUNT(*), IFNULL(SUM(removed), 0) FROM images WHERE present=1"
+        ).fetchone()
+        identities = self._db.execute(
+            "SELECT COUNT(DISTINCT identity) FROM images WHERE present=1 AND removed=0"
+        ).fetchone()[0]
+        decisions = self._db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+        return {"photos": int(photos), "removed": int(removed), "identities": int(identities),
+                "decisions": int(decisions)}
 
     # ---- flags --------------------------------------------------------------------------------------------------
     def replace_flags(self, source: str, flags: Iterable[NewFlag]) -> int:
@@ -488,11 +559,79 @@ class LabelStore:
         sql += " ORDER BY f.id"
         if limit is not None:
             sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
-        return self.query(sql, params)
+        return self._frame(sql, params)
 
     def flag_counts(self) -> pd.DataFrame:
         """kind x status counts, for summaries and the overview page."""
-        return self.query("SELECT kind, status, COUNT(*) AS n FROM flags GROUP BY kind, status ORDER BY kind, status")
+        return self._frame("SELECT kind, status, COUNT(*) AS n FROM flags GROUP BY kind, status ORDER BY kind, status")
+
+    def open_flag_scores(
+        self, *, kinds: Sequence[str] | None = None, identities: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """The open flags as (identity, kind, score) rows only: what ranking the review queue needs, read through the
+        covering index flags_open_by_identity without touching the table. `kinds` / `identities` filter."""
+        where, params = self._open_where(kinds, None)
+        if identities is None:
+            return self._frame(f"SELECT identity, kind, score FROM flags WHERE {where}", params)
+        names = list(identities)
+        parts = [
+            self._frame(f"SELECT identity, kind, score FROM flags WHERE {where} AND identity IN ({_marks(c)})",
+                        [*params, *c])
+            for c in _chunks(names)
+        ]
+        return pd.concat(parts, ignore_index=True) if parts else self._frame(
+            f"SELECT identity, kind, score FROM flags WHERE {where} AND 0", params
+        )
+
+    def open_flag_counts(self, identities: Sequence[str], *, kinds: Sequence[str] | None = None) -> pd.DataFrame:
+        """Open flags per (identity, kind) for a few identities (the identity a flag is raised on, not a suggestion).
+
+        Columns: identity, kind, n."""
+        where, params = self._open_where(kinds, None)
+        names = list(identities)
+        parts = [
+            self._frame(
+                f"SELECT identity, kind, COUNT(*) AS n FROM flags WHERE {where} AND identity IN ({_marks(c)})"
+                " GROUP BY identity, kind",
+                [*params, *c],
+            )
+            for c in _chunks(names)
+        ]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["identity", "kind", "n"])
+
+    def identity_flags(self, identity: str) -> pd.DataFrame:
+        """Open identity-level flags (split, merge) that name `identity` on either side, by id.
+
+        Columns: id, kind, identity, suggested_identity, component, score, details."""
+        cols = "id, kind, identity, suggested_identity, component, score, details"
+        return self._frame(  # two indexed lookups, not an OR that scans every flag
+            f"SELECT {cols} FROM flags WHERE status='open' AND image_id IS NULL AND identity=?"
+            f" UNION SELECT {cols} FROM flags WHERE status='open' AND kind='merge' AND suggested_identity=? ORDER BY id",
+            [identity, identity],
+        )
+
+    def identities_answered_since(self, decision_id: int) -> list[str]:
+        """Identities (as the flags name them) whose flags decisions after `decision_id` answered, or reopened by
+        undoing an earlier decision: what an incremental view has to recompute after those decisions."""
+        rows = self._db.execute(
+            "SELECT f.identity FROM decision_flags df JOIN flags f ON f.id=df.flag_id WHERE df.decision_id > ?"
+            " UNION SELECT f.identity FROM decision_flags df JOIN flags f ON f.id=df.flag_id"
+            " WHERE df.decision_id IN (SELECT undoes FROM decisions WHERE id > ? AND undoes IS NOT NULL)",
+            (int(decision_id), int(decision_id)),
+        )
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def _open_where(kinds: Sequence[str] | None, identity: str | None) -> tuple[str, list]:
+        sql, params = "status='open'", []
+        if kinds is not None and set(kinds) != set(FLAG_KINDS):
+            kinds = [check_kind(k) for k in kinds]
+            sql += f" AND kind IN ({_marks(kinds)})"
+            params += kinds
+        if identity is not None:
+            sql += " AND identity=?"
+            params.append(identity)
+        return sql, params
 
     # ---- decisions ----------------------------------------------------------------------------------------------
     def decide(
@@ -613,10 +752,20 @@ class LabelStore:
                 " WHERE before_identity=? OR after_identity=?))"
             )
             params.extend([identity] * 4)
-        sql = "SELECT d.*, (SELECT u.id FROM decisions u WHERE u.undoes=d.id) AS undone_by FROM decisions d"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY d.id DESC LIMIT {int(limit)}"
+        return self._decisions(" AND ".join(where) or "1", params, limit)
+
+    def decision(self, decision_id: int) -> Decision:
+        """One entry of the log, as `history` gives it; StoreError when there is none with that id."""
+        found = self._decisions("d.id=?", [int(decision_id)], 1)
+        if not found:
+            raise StoreError(f"there is no decision #{decision_id}")
+        return found[0]
+
+    def _decisions(self, where: str, params: list, limit: int) -> list[Decision]:
+        sql = (
+            "SELECT d.*, (SELECT u.id FROM decisions u WHERE u.undoes=d.id) AS undone_by FROM decisions d"
+            f" WHERE {where} ORDER BY d.id DESC LIMIT {int(limit)}"
+        )
         out = []
         for r in self._db.execute(sql, params).fetchall():
             imgs = tuple(x[0] for x in self._db.execute("SELECT image_id FROM decision_images WHERE decision_id=?", (r["id"],)))
@@ -734,3 +883,19 @@ def _apply(action: str, before: tuple[str, int, int], target_identity: str | Non
     if action in ("move", "merge"):
         return target_identity, is_fake, removed
     return before  # keep
+
+
+_CHUNK = 900  # SQLite caps the number of bound parameters of one statement
+
+
+def _chunks(items: Sequence) -> list[list]:
+    return [list(items[k : k + _CHUNK]) for k in range(0, len(items), _CHUNK)]
+
+
+def _marks(items: Sequence) -> str:
+    return ",".join("?" * len(items))
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with LIKE's own wildcards in it taken literally (ESCAPE '\\')."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -19,7 +19,7 @@ def render(sess: common.Session) -> None:
     report = common.report(sess.work)
     if not report:
         st.info(f"No clean yet: run `python -m curation.clean DATA --workdir {sess.work.root}` to flag this dataset.")
-    ov = _overview(sess, str(sess.work.root), rv.store_version(sess.store), rv.clean_version(sess.work))
+    ov = _overview(sess, str(sess.work.root), sess.store.version(), rv.clean_version(sess.work))
     total = ov.n_open + ov.n_reviewed
     cols = st.columns(5)
     cols[0].metric("Photos", f"{ov.n_photos:,}", help=f"{ov.n_removed:,} removed by decisions")

@@ -27,7 +27,7 @@ from curation.review.actions import Outcome, apply_action, history_lines, split_
 from curation.review.identity import IdentityView, SECTIONS, heatmap_figure, identity_preview, identity_view
 from curation.review.overview import Overview, flag_counts_figure, overview, similarity_histogram_figure
 from curation.review.queue import (
-    QueueSnapshot, load_position, next_identity, queue_page, queue_snapshot, save_position, store_version,
+    QueueSnapshot, flag_worth, load_position, next_identity, queue_page, queue_snapshot, save_position,
     summarize_report
 )
 from curation.review.runs import (

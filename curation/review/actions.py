@@ -50,8 +50,7 @@ def apply_action(
         if action == "split":
             identity = check_identity_name(identity or "")
             target_identity = check_identity_name(target_identity or "")
-            exists = store.query("SELECT 1 FROM images WHERE identity=? LIMIT 1", [target_identity])
-            if not exists.empty:
+            if store.identity_exists(target_identity):
                 raise UserError(f"{target_identity!r} already exists: pick a new name, or move the photos instead")
             split_flags = store.flags(status="open", kind="split", identity=identity)
             photo_flags = store.flags(status="open", image_ids=list(image_ids)) if len(image_ids) else split_flags[:0]
@@ -63,7 +62,7 @@ def apply_action(
     except (StoreError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     n = len(image_ids)
-    n_flags = int(store.query("SELECT COUNT(*) AS n FROM decision_flags WHERE decision_id=?", [did]).n.iloc[0])
+    n_flags = len(store.decision(did).flag_ids)
     what = {
         "merge": f"merged {identity} into {target_identity}",
         "keep": f"kept {n} photo(s), rejecting {n_flags} flag(s)" if n else f"rejected {n_flags} flag(s)",
@@ -86,7 +85,7 @@ def split_name(store: LabelStore, identity: str, component: int) -> str:
     """A free identity name for a component split off `identity`: `<identity>_split<component>[_<n>]`."""
     base = f"{identity}_split{component}"
     name, n = base, 1
-    while not store.query("SELECT 1 FROM images WHERE identity=? LIMIT 1", [name]).empty:
+    while store.identity_exists(name):
         n += 1
         name = f"{base}_{n}"
     return name

@@ -165,12 +165,7 @@ def identity_view(
     emb = _embedding_rows(clean, heat.emb_row.tolist())
     similarity = None if emb is None else np.clip(emb @ emb.T, -1.0, 1.0)
 
-    cols = "id, kind, identity, suggested_identity, component, score, details"
-    identity_flags = store.query(  # two indexed lookups, not an OR that scans every flag
-        f"SELECT {cols} FROM flags WHERE status='open' AND image_id IS NULL AND identity=?"
-        f" UNION SELECT {cols} FROM flags WHERE status='open' AND kind='merge' AND suggested_identity=? ORDER BY id",
-        [identity, identity],
-    )
+    identity_flags = store.identity_flags(identity)
     keep = ["image_id", "path", "sha256", "is_fake", "removed", "problem", "section", "component", "sim_to_main",
             "best_to_main", "emb_row", "flag_list"]
     return IdentityView(

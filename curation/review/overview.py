@@ -35,14 +35,10 @@ def overview(store: LabelStore, report: dict) -> Overview:
     """Counts per flag kind (open / answered), photos, identities and decisions, plus the report's numbers."""
     counts = store.flag_counts().pivot_table(index="kind", columns="status", values="n", aggfunc="sum", fill_value=0)
     counts = counts.reindex(index=list(FLAG_KINDS), columns=["open", "resolved"], fill_value=0).fillna(0).astype(int)
-    totals = store.query(
-        "SELECT COUNT(*) AS n, IFNULL(SUM(removed), 0) AS removed FROM images WHERE present=1"
-    ).iloc[0]
-    n_ids = store.query("SELECT COUNT(DISTINCT identity) AS n FROM images WHERE present=1 AND removed=0").n.iloc[0]
-    n_dec = store.query("SELECT COUNT(*) AS n FROM decisions").n.iloc[0]
+    totals = store.totals()
     return Overview(
-        counts.rename_axis("kind").reset_index(), int(totals.n), int(n_ids), int(n_dec), int(totals.removed),
-        summarize_report(report),
+        counts.rename_axis("kind").reset_index(), totals["photos"], totals["identities"], totals["decisions"],
+        totals["removed"], summarize_report(report),
     )
 
 

@@ -85,43 +85,35 @@ RELATIVE: tuple[str, ...] = ("merge", "split")
 assert set(SEVERITY) == set(FLAG_KINDS), "every flag kind needs a severity"
 
 
-def _queue_sql(summary: ReportSummary, kinds: Sequence[str], identities: Sequence[str] = ()) -> tuple[str, list]:
-    """The queue as one SQL aggregate over the open flags (found through the flags_status_kind index).
+def flag_worth(flags: pd.DataFrame, summary: ReportSummary) -> np.ndarray:
+    """Worth of each open flag (rows with kind and score): severity x uncertainty.
 
-    worth of a flag = severity x uncertainty, uncertainty = 1 / (1 + ((score - t) / scale)^2) floored at 0.05: 1 when
-    the score sits on its threshold t, 0.5 one scale away (the impostor spread for cosines, t/2 for RELATIVE kinds),
-    so sure flags still come, but last. A flag without a score or threshold counts 0.5: it needs a look, after the
-    borderline ones.
+    uncertainty = 1 / (1 + ((score - t) / scale)^2) floored at 0.05: 1 when the score sits on its threshold t, 0.5 one
+    scale away (the impostor spread for cosines, t/2 for RELATIVE kinds), so sure flags still come, but last. A flag
+    without a score or threshold counts 0.5: it needs a look, after the borderline ones.
     """
     edge = summary.thresholds.get("edge")
     t_of = {k: summary.thresholds.get(name, edge) for k, name in KIND_THRESHOLD.items()}
-    s2_of = {k: (t_of[k] / 2) ** 2 if t_of[k] else None for k in RELATIVE}
-    sev = "CASE kind " + " ".join("WHEN ? THEN ?" for _ in SEVERITY) + " ELSE 1.0 END"
-    thr = "CASE kind " + " ".join("WHEN ? THEN ?" for _ in t_of) + " ELSE ? END"
-    scale = "CASE kind " + " ".join("WHEN ? THEN ?" for _ in s2_of) + " ELSE ? END"
-    params: list = [x for kv in SEVERITY.items() for x in kv]
-    params += [x for kv in t_of.items() for x in kv] + [edge]
-    params += [x for kv in s2_of.items() for x in kv] + [summary.impostor_spread**2]
-    where = _open_flags_where(kinds, identities)
-    sql = (
-        f"SELECT identity, SUM(sev * CASE WHEN score IS NULL OR t IS NULL OR s2 IS NULL THEN 0.5"
-        f" ELSE MAX(0.05, 1.0 / (1.0 + (score - t) * (score - t) / s2)) END) AS worth, COUNT(*) AS n_open"
-        f" FROM (SELECT identity, kind, score, {sev} AS sev, {thr} AS t, {scale} AS s2 FROM flags WHERE {where[0]})"
-        f" GROUP BY identity"
+
+    def per_kind(k: str) -> tuple[float, float, float]:  # severity, threshold, scale^2 (None -> NaN)
+        t = t_of.get(k, edge)
+        s2 = ((t / 2) ** 2 if t else None) if k in RELATIVE else summary.impostor_spread**2
+        return SEVERITY.get(k, 1.0), t, s2
+
+    codes, kinds = pd.factorize(flags.kind)
+    sev, t, s2 = np.array([per_kind(k) for k in kinds], dtype=float).reshape(-1, 3)[codes].T
+    score = flags.score.to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = np.maximum(0.05, 1.0 / (1.0 + (score - t) * (score - t) / s2))
+    return sev * np.where(np.isnan(u), 0.5, u)
+
+
+def _ranked(flags: pd.DataFrame, summary: ReportSummary) -> pd.DataFrame:
+    """identity, worth (sum over its open flags), n_open; ordered by worth desc, then identity."""
+    frame = flags.assign(worth=flag_worth(flags, summary)).groupby("identity", as_index=False, sort=False).agg(
+        worth=("worth", "sum"), n_open=("kind", "size")
     )
-    return sql, params + where[1]
-
-
-def _open_flags_where(kinds: Sequence[str], identities: Sequence[str] = ()) -> tuple[str, list]:
-    """SQL condition (and parameters) for the open flags of some kinds, optionally of some identities only."""
-    sql, params = "status='open'", []
-    if set(kinds) != set(FLAG_KINDS):
-        sql += f" AND kind IN ({','.join('?' * len(kinds))})"
-        params += list(kinds)
-    if identities:
-        sql += f" AND identity IN ({','.join('?' * len(identities))})"
-        params += list(identities)
-    return sql, params
+    return _order(frame)
 
 
 @dataclass(frozen=True)
@@ -135,7 +127,7 @@ class QueueSnapshot:
 
     frame: pd.DataFrame  # identity, worth, n_open; ordered by worth desc, then identity
     kinds: tuple[str, ...]
-    version: tuple[int, int, int]  # store_version() when taken
+    version: tuple[int, int, int]  # LabelStore.version() when taken
     basis: tuple  # the thresholds and spread the worth was computed with
 
     @property
@@ -174,27 +166,18 @@ def queue_snapshot(
     Example: `snap = queue_snapshot(store, summarize_report(report), kinds=["minority"]); snap.frame.head(25)`.
     """
     kinds = tuple(kinds or FLAG_KINDS)
-    version = store_version(store)
-    sql, params = _queue_sql(summary, kinds)
+    version = store.version()
     basis = (tuple(sorted(summary.thresholds.items())), summary.impostor_spread)
     same_basis = previous is not None and previous.kinds == kinds and previous.basis == basis
     if same_basis and previous.version == version:
         return previous
     if same_basis and previous.version[1:] == version[1:]:  # only decisions since: recompute what they touched
-        touched = store.query(  # flags answered by the new decisions, and reopened by their undos
-            "SELECT f.identity FROM decision_flags df JOIN flags f ON f.id=df.flag_id WHERE df.decision_id > ?"
-            " UNION SELECT f.identity FROM decision_flags df JOIN flags f ON f.id=df.flag_id"
-            " WHERE df.decision_id IN (SELECT undoes FROM decisions WHERE id > ? AND undoes IS NOT NULL)",
-            [previous.version[0], previous.version[0]],
-        ).identity.tolist()
-        fresh = pd.concat(
-            [store.query(*_queue_sql(summary, kinds, touched[k : k + 500])) for k in range(0, len(touched), 500)]
-            or [previous.frame.iloc[:0]]
-        )
+        touched = store.identities_answered_since(previous.version[0])
+        fresh = _ranked(store.open_flag_scores(kinds=kinds, identities=touched), summary)
         kept = previous.frame[~previous.frame.identity.isin(touched)]
         frame = _insert_ordered(kept, fresh) if len(fresh) else kept.reset_index(drop=True)
     else:
-        frame = store.query(f"{sql} ORDER BY worth DESC, identity", params)
+        frame = _ranked(store.open_flag_scores(kinds=kinds), summary)
     return QueueSnapshot(frame, kinds, version, basis)
 
 
@@ -215,18 +198,13 @@ def queue_page(store: LabelStore, snapshot: QueueSnapshot, *, offset: int = 0, l
         return QueuePage(pd.DataFrame(columns=["identity", "worth", "n_open", "n_photos", "open_flags"]),
                          snapshot.total, offset)
     ids = rows.identity.tolist()
-    counts = store.query(
-        f"SELECT identity, COUNT(*) AS n_photos FROM images WHERE present=1 AND identity IN ({','.join('?' * len(ids))})"
-        " GROUP BY identity",
-        ids,
-    )
-    where, params = _open_flags_where(snapshot.kinds, ids)
-    per_kind = store.query(f"SELECT identity, kind, COUNT(*) AS n FROM flags WHERE {where} GROUP BY identity, kind", params)
+    counts = store.photo_counts(ids)
+    per_kind = store.open_flag_counts(ids, kinds=snapshot.kinds)
     order = {k: i for i, k in enumerate(FLAG_KINDS)}
     text: dict[str, list[str]] = {}
     for ident, kind, n in sorted(per_kind.itertuples(index=False), key=lambda r: order.get(r[1], 99)):
         text.setdefault(ident, []).append(f"{n} {kind}")
-    rows = rows.merge(counts, on="identity", how="left")
+    rows = rows.assign(n_photos=[counts.get(i, np.nan) for i in rows.identity])
     rows["open_flags"] = [", ".join(text.get(i, [])) for i in rows.identity]
     return QueuePage(rows[["identity", "worth", "n_open", "n_photos", "open_flags"]], snapshot.total, offset)
 
@@ -257,12 +235,3 @@ def load_position(store: LabelStore, reviewer: str) -> dict:
     except json.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def store_version(store: LabelStore) -> tuple[int, int, int]:
-    """A cheap cache key for anything derived from the store: (last decision, last flag, number of flags)."""
-    row = store.query(
-        "SELECT (SELECT IFNULL(MAX(id), 0) FROM decisions) AS d, (SELECT IFNULL(MAX(id), 0) FROM flags) AS f,"
-        " (SELECT COUNT(*) FROM flags) AS n"
-    ).iloc[0]
-    return int(row.d), int(row.f), int(row.n)
