@@ -11,8 +11,8 @@ Modes:
   command says so (the challenge would have scored that file wrongly) and still scores it by pair_id.
 - `--pairs PAIRS.csv --model SPEC --root DIR --out DIR`: a model on labelled image pairs (`img1,img2,label[,type]`,
   paths relative to --root, refused when they leave it). Each distinct image is aligned and embedded once through the
-  cached embedding pass, pairs are scored by cosine (`curation.predict.score_pairs`, the scoring `curation.predict`
-  uses). Pairs with an image that could not be embedded (missing, unreadable, no face found) are *excluded* from the
+  cached embedding pass, pairs are scored by cosine (`curation.scoring.pair_scores.score_pairs`, the scoring
+  `curation.predict` uses). Pairs with an image that could not be embedded (missing, unreadable, no face found) are *excluded* from the
   metrics: they are counted, the first few named, all listed in DIR/excluded_pairs.csv and counted in metrics.json's
   source. (A submission would give them a fallback score; here that would measure the fallback, not the model.)
 - `--compare RUN ...`: one table of several runs' metrics (folders holding metrics.json, or training run folders holding
