@@ -76,7 +76,7 @@ def main() -> None:
         st.session_state._position_restored = True
 
     with st.sidebar:
-        st.markdown(f"**{work.root.name}** · reviewing as **{reviewer}**")
+        st.markdown(f"**{common.lit(work.root.name)}** · reviewing as **{common.lit(reviewer)}**")
         st.button("Change name", key="reviewer_change", type="tertiary", on_click=forget_reviewer)
         st.session_state.setdefault("nav", common.LANDING)
         st.radio("Page", common.VIEWS, key="nav", label_visibility="collapsed")
@@ -87,7 +87,7 @@ def main() -> None:
     try:
         PAGES[st.session_state.nav](sess)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(common.lit(exc))
     common.sync_position(sess)
 
 

@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS decision_images(
     PRIMARY KEY(decision_id, image_id)
 );
 CREATE INDEX IF NOT EXISTS decision_images_image ON decision_images(image_id, decision_id);
+CREATE INDEX IF NOT EXISTS decisions_undoes ON decisions(undoes);  -- "is it undone?", asked by undo and history
 CREATE TABLE IF NOT EXISTS decision_flags(
     decision_id INTEGER NOT NULL REFERENCES decisions(id),
     flag_id INTEGER NOT NULL REFERENCES flags(id),
@@ -120,6 +121,14 @@ BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 
 # Flags whose decision has not been undone count as answered.
 _LIVE_DECISION = "d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)"
+# The live decisions (not undone, not undos themselves) after decision `di1.decision_id` that touched one of its photos:
+# what undoing it would override. Decided from the log, not by comparing labels: a photo can be back in the state a
+# decision left it in although someone decided on it since (removed, restored, removed again).
+_LATER_LIVE = (
+    "FROM decision_images di1 JOIN decision_images di2 ON di2.image_id=di1.image_id AND di2.decision_id>di1.decision_id"
+    " JOIN decisions d ON d.id=di2.decision_id"
+    f" WHERE d.action<>'undo' AND {_LIVE_DECISION}"
+)
 
 
 class StoreError(UserError):
@@ -127,7 +136,7 @@ class StoreError(UserError):
 
 
 class UndoConflict(StoreError):
-    """Undoing would overwrite a later decision on the same photo."""
+    """Undoing would override a later live decision on one of the same photos."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,12 @@ class Decision:
     image_ids: tuple[int, ...]
     flag_ids: tuple[int, ...]
     undone_by: int | None
+    blocked_by: int | None = None  # the latest later live decision on one of its photos: undo that one first
+
+    @property
+    def undoable(self) -> bool:
+        """What `LabelStore.undo` would accept now (as of the read that made this entry)."""
+        return self.action != "undo" and self.undone_by is None and self.blocked_by is None
 
     def describe(self) -> str:
         """One line for a history panel."""
@@ -695,7 +710,11 @@ class LabelStore:
         return did
 
     def undo(self, decision_id: int, *, reviewer: str, note: str = "") -> int:
-        """Reverse one decision with a new one. Refuses when a later live decision changed the same photo since."""
+        """Reverse one decision with a new one.
+
+        Refuses (UndoConflict, naming it) when a later live decision (one that is neither an undo nor undone) touched
+        any of the same photos, whatever the photos' labels are now: undoing would silently override that decision.
+        Undo the later one first."""
         reviewer = (reviewer or "").strip()
         if not reviewer:
             raise StoreError("a decision needs a reviewer name")
@@ -708,20 +727,24 @@ class LabelStore:
             done = db.execute("SELECT id FROM decisions WHERE undoes=?", (decision_id,)).fetchone()
             if done:
                 raise StoreError(f"decision #{decision_id} was already undone by #{done[0]}")
+            later = db.execute(
+                "SELECT d.id, d.reviewer, d.action, di1.image_id, (di2.before_identity<>di2.after_identity OR"
+                " di2.before_fake<>di2.after_fake OR di2.before_removed<>di2.after_removed) AS changed"
+                f" {_LATER_LIVE} AND di1.decision_id=? ORDER BY d.id DESC LIMIT 1",
+                (decision_id,),
+            ).fetchone()
+            if later is not None:
+                how = "changed again" if later["changed"] else "decided on again"
+                path = db.execute("SELECT path FROM images WHERE id=?", (later["image_id"],)).fetchone()[0]
+                raise UndoConflict(
+                    f"{path} was {how} by decision #{later['id']} ({later['reviewer']}, "
+                    f"{later['action'].replace('_', ' ')}); undo that one first"
+                )
             changes = db.execute(
                 "SELECT image_id, before_identity, before_fake, before_removed, after_identity, after_fake,"
                 " after_removed FROM decision_images WHERE decision_id=?",
                 (decision_id,),
             ).fetchall()
-            current = self._current(db, [c[0] for c in changes])
-            for c in changes:
-                if current[c[0]] != (c[4], c[5], c[6]):
-                    later = db.execute(
-                        "SELECT MAX(decision_id) FROM decision_images WHERE image_id=? AND decision_id>?",
-                        (c[0], decision_id),
-                    ).fetchone()[0]
-                    path = db.execute("SELECT path FROM images WHERE id=?", (c[0],)).fetchone()[0]
-                    raise UndoConflict(f"{path} was changed again by decision #{later}; undo that one first")
             cur = db.execute(
                 "INSERT INTO decisions(ts, reviewer, action, undoes, note) VALUES(?,?,?,?,?)",
                 (_now(), reviewer, "undo", decision_id, note),
@@ -744,11 +767,11 @@ class LabelStore:
         """Most recent decisions first; `identity` matches decisions on that identity's photos or naming it."""
         where, params = [], []
         if image_id is not None:
-            where.append("d.id IN (SELECT decision_id FROM decision_images WHERE image_id=?)")
+            where.append("h.id IN (SELECT decision_id FROM decision_images WHERE image_id=?)")
             params.append(image_id)
         if identity is not None:
             where.append(
-                "(d.identity=? OR d.target_identity=? OR d.id IN (SELECT decision_id FROM decision_images"
+                "(h.identity=? OR h.target_identity=? OR h.id IN (SELECT decision_id FROM decision_images"
                 " WHERE before_identity=? OR after_identity=?))"
             )
             params.extend([identity] * 4)
@@ -756,15 +779,16 @@ class LabelStore:
 
     def decision(self, decision_id: int) -> Decision:
         """One entry of the log, as `history` gives it; StoreError when there is none with that id."""
-        found = self._decisions("d.id=?", [int(decision_id)], 1)
+        found = self._decisions("h.id=?", [int(decision_id)], 1)
         if not found:
             raise StoreError(f"there is no decision #{decision_id}")
         return found[0]
 
     def _decisions(self, where: str, params: list, limit: int) -> list[Decision]:
         sql = (
-            "SELECT d.*, (SELECT u.id FROM decisions u WHERE u.undoes=d.id) AS undone_by FROM decisions d"
-            f" WHERE {where} ORDER BY d.id DESC LIMIT {int(limit)}"
+            "SELECT h.*, (SELECT u.id FROM decisions u WHERE u.undoes=h.id) AS undone_by,"
+            f" (SELECT MAX(d.id) {_LATER_LIVE} AND di1.decision_id=h.id) AS blocked_by"
+            f" FROM decisions h WHERE {where} ORDER BY h.id DESC LIMIT {int(limit)}"
         )
         out = []
         for r in self._db.execute(sql, params).fetchall():
@@ -773,7 +797,7 @@ class LabelStore:
             out.append(
                 Decision(
                     r["id"], r["ts"], r["reviewer"], r["action"], r["identity"], r["target_identity"], r["undoes"],
-                    r["note"], imgs, flg, r["undone_by"],
+                    r["note"], imgs, flg, r["undone_by"], r["blocked_by"],
                 )
             )
         return out

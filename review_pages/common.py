@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import string
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,31 @@ def check_listening() -> None:
             "(or another address, deliberately)."
         )
         st.stop()
+
+
+_MD_PUNCT = re.compile("([" + re.escape(string.punctuation) + "])")
+_AUTOLINK = re.compile(r"(?i)\b(?:www(?=\.)|https?(?=:)|ftp(?=:))|(?<=[\w.+-])(?=@)")
+
+
+def lit(text: object) -> str:
+    """`text` (a name, a path, a reviewer, a note, an error message) for any Streamlit element that renders Markdown:
+    st.markdown, st.write, captions, headers, messages, image captions and every widget label. Shown as it is.
+
+    Every ASCII punctuation mark is backslash-escaped (CommonMark's own rule: it also disarms Streamlit's
+    `:red[...]`, `:material/...:` and `$math$`), a newline becomes a line break, and an invisible word joiner (U+2060)
+    goes where GitHub-style autolinking would turn `www.`, `http:` or an e-mail address into a link: that step looks
+    at the text after escapes are resolved, so only a character in between stops it. Checked in a real browser by
+    tests/test_app_browser.py.
+    """
+    text = _AUTOLINK.sub(lambda m: m.group(0) + "\u2060", str(text))
+    return _MD_PUNCT.sub(r"\\\1", text).replace("\n", "  \n")
+
+
+def code(text: object) -> str:
+    """`text` as a Markdown code span (literal by nature; the fence outgrows any run of backticks inside)."""
+    text = str(text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
 
 
 @dataclass
@@ -209,7 +236,7 @@ def flash(level: str, text: str) -> None:
 
 def show_flash() -> None:
     for level, text in st.session_state.pop("_flash", []):
-        getattr(st, level)(text)
+        getattr(st, level)(lit(text))
 
 
 def act(sess: Session, action: str, **kwargs) -> None:
@@ -241,12 +268,14 @@ def history_panel(sess: Session, *, identity: str | None = None, limit: int = 10
         where.caption("No decisions yet.")
     prefix = "hundo" if identity else "undo"
     for line in lines:
-        where.caption(line["text"])
+        where.caption(lit(line["text"]))
         if line["undoable"]:
             where.button("Undo", key=f"{prefix}_{line['id']}", on_click=undo, args=(sess, line["id"]), type="tertiary",
                          icon=":material/undo:", help=f"Reverse decision #{line['id']}")
+        elif line["blocked_by"]:
+            where.caption(f"(to undo it, undo #{line['blocked_by']} first: it decided on the same photos later)")
 
 
 def error_page(message: str) -> None:
-    st.error(message)
+    st.error(lit(message))
     st.stop()

@@ -13,9 +13,10 @@ def render(sess: common.Session) -> None:
     runs = pick_runs(sess, marker=rv.METRICS_FILE, subdir="eval", key="eval", multiple=True)
     if not runs:
         st.info(
-            f"No evaluation under {sess.work.root / 'eval'} yet. Score a model on verification pairs with\n\n"
-            f"`python -m curation.evaluate --model MODEL --pairs PAIRS.csv --root IMAGES --out {sess.work.root / 'eval' / 'NAME'}`"
-            "\n\nor a submission with `--scores SUBMISSION.csv --truth TRUTH.csv --out ...`, and it appears here."
+            f"No evaluation under {common.lit(sess.work.root / 'eval')} yet. Score a model on verification pairs with\n\n"
+            + common.code(f"python -m curation.evaluate --model MODEL --pairs PAIRS.csv --root IMAGES --out "
+                          f"{sess.work.root / 'eval' / 'NAME'}")
+            + "\n\nor a submission with `--scores SUBMISSION.csv --truth TRUTH.csv --out ...`, and it appears here."
         )
         return
     table, metrics = rv.evaluation_table(runs)

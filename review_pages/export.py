@@ -18,7 +18,7 @@ UNREVIEWED = {"keep": "keep: open flags change nothing", "apply": "apply: open f
 
 def render(sess: common.Session) -> None:
     st.header("Export cleaned labels")
-    st.caption(f"The same as `python -m labels.export {sess.work.root} --out OUT --format FMT --unreviewed POLICY`. "
+    st.caption(f"The same as {common.code(f'python -m labels.export {sess.work.root} --out OUT --format FMT --unreviewed POLICY')}. "
                "The source photos are never modified.")
     fmt = st.selectbox("Format", list(FORMATS), format_func=lambda f: f"{f}: {FORMATS[f]}", key="export_format")
     unreviewed = st.radio("Flags nobody has reviewed yet", list(UNREVIEWED), format_func=UNREVIEWED.get,
@@ -31,15 +31,15 @@ def render(sess: common.Session) -> None:
     try:
         out = rv.contained_folder(out_text, work=sess.work)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(common.lit(exc))
         return
-    with st.spinner(f"Exporting to {out} ..."):
+    with st.spinner(f"Exporting to {common.lit(out)} ..."):
         try:
             summary = export(sess.work.root, out, fmt=fmt, unreviewed=unreviewed, overwrite=overwrite, progress=False)
         except (ExportError, OSError) as exc:
-            st.error(f"Export failed: {exc}")
+            st.error(f"Export failed: {common.lit(exc)}")
             return
-    st.success(f"Exported {summary.n_images:,} photos of {summary.n_identities:,} identities to {summary.out}")
+    st.success(f"Exported {summary.n_images:,} photos of {summary.n_identities:,} identities to {common.lit(summary.out)}")
     st.code(summary.report(), language="text")
     for name in ("labels.csv", "manifest.json"):
         path = summary.out / name

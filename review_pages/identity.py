@@ -49,14 +49,14 @@ def render(sess: common.Session) -> None:
     photos = view.photos
     kept = photos[~photos.section.isin(["removed"])]
     top = st.columns([6, 1, 1], vertical_alignment="bottom")
-    top[0].header(name)
+    top[0].header(common.lit(name), anchor=False)
     top[1].button("← Queue", key="to_queue", on_click=_to_queue)
     top[2].button("Next →", key="next_identity", on_click=_next, args=(sess, name), shortcut="N",
                   help="The next identity of the queue (N)")
     n_open = sum(f["status"] == "open" for fl in photos.flag_list for f in fl) + len(view.identity_flags)
     st.caption(
         f"{len(kept)} photos ({int((kept.section == 'fake').sum())} deepfakes), {int((photos.section == 'removed').sum())}"
-        f" removed, {n_open} open flag(s)" + "".join(f" · {note}" for note in view.notes)
+        f" removed, {n_open} open flag(s)" + "".join(f" · {common.lit(note)}" for note in view.notes)
     )
     _identity_flags(sess, view)
     _action_bar(sess, view)
@@ -79,17 +79,17 @@ def _identity_flags(sess: common.Session, view: rv.IdentityView) -> None:
         box = st.container(border=True)
         if f.kind == "merge":
             other = f.suggested_identity if f.identity == view.identity else f.identity
-            box.markdown(f":orange[**merge proposed**] with **{other}**{score}: the same person under two names?")
+            box.markdown(f":orange[**merge proposed**] with **{common.lit(other)}**{score}: the same person under two names?")
             cols = box.columns(2)
             for col, who in zip(cols, (view.identity, other)):
                 preview = rv.identity_preview(sess.store, clean, who, 6)
-                col.caption(f"{who}: {len(sess.store.images(identity=who))} photos")
+                col.caption(f"{common.lit(who)}: {len(sess.store.images(identity=who))} photos")
                 if len(preview):
                     col.image([common.thumbnail(sess, p, 96)[0] for _, p in preview.iterrows()], width=72)
             b = box.columns(3)
-            b[0].button(f"Merge into {other}", key=f"merge_into_{f.id}", on_click=common.act, args=(sess, "merge"),
+            b[0].button(f"Merge into {common.lit(other)}", key=f"merge_into_{f.id}", on_click=common.act, args=(sess, "merge"),
                         kwargs={"identity": view.identity, "target_identity": other})
-            b[1].button(f"Merge {other} into this", key=f"merge_from_{f.id}", on_click=common.act, args=(sess, "merge"),
+            b[1].button(f"Merge {common.lit(other)} into this", key=f"merge_from_{f.id}", on_click=common.act, args=(sess, "merge"),
                         kwargs={"identity": other, "target_identity": view.identity})
             b[2].button("Different people (keep both)", key=f"keep_flag_{f.id}", on_click=common.act,
                         args=(sess, "keep"), kwargs={"flag_ids": [int(f.id)]})
@@ -125,7 +125,7 @@ def _action_bar(sess: common.Session, view: rv.IdentityView) -> None:
     b[4].button("Mark real", key="sel_real", disabled=none, on_click=common.act, args=(sess, "mark_real"),
                 kwargs={"image_ids": selected})
     target = next(iter(suggestions)) if len(suggestions) == 1 else None
-    b[5].button(f"Move to {target}" if target else "Move to suggested", key="sel_move_suggested",
+    b[5].button(f"Move to {common.lit(target)}" if target else "Move to suggested", key="sel_move_suggested",
                 disabled=target is None, shortcut="M", on_click=common.act, args=(sess, "move"),
                 kwargs={"image_ids": selected, "target_identity": target},
                 help="Move to the identity the flags suggest (M); needs one common suggestion")
@@ -167,15 +167,15 @@ def _photo(sess: common.Session, view: rv.IdentityView, photo: pd.Series) -> Non
         sim = f" · best {photo.best_to_main:.2f} to main"
     else:
         sim = "" if pd.isna(photo.sim_to_main) else f" · {photo.sim_to_main:.2f} to main"
-    st.image(data, caption=f"{Path(photo.path).name}{sim}", width="stretch")
+    st.image(data, caption=f"{common.lit(Path(photo.path).name)}{sim}", width="stretch")
     if reason:
-        st.caption(f":warning: cannot show: {reason}")
+        st.caption(f":warning: cannot show: {common.lit(reason)}")
     flags = [f for f in photo.flag_list if f["status"] == "open"]
     for f in flags:
         text = f":red[**{f['kind']}**]"
         if f["suggested_identity"]:
             sim_s = "" if f["sim_to_suggested"] is None else f" ({f['sim_to_suggested']:.2f})"
-            text += f" → {f['suggested_identity']}{sim_s}"
+            text += f" → {common.lit(f['suggested_identity'])}{sim_s}"
         st.markdown(text)
         preview = view.suggestions.get(f["suggested_identity"])
         if preview is not None and len(preview):
@@ -194,5 +194,5 @@ def _photo(sess: common.Session, view: rv.IdentityView, photo: pd.Series) -> Non
                   kwargs={"image_ids": [pid], "flag_ids": [f["id"] for f in flags]}, help="The flag is wrong")
         target = next((f["suggested_identity"] for f in flags if f["suggested_identity"]), None)
         if target:
-            st.button(f"Move to {target}", key=f"mv_{pid}", on_click=common.act, args=(sess, "move"),
+            st.button(f"Move to {common.lit(target)}", key=f"mv_{pid}", on_click=common.act, args=(sess, "move"),
                       kwargs={"image_ids": [pid], "target_identity": target}, width="stretch")

@@ -18,7 +18,8 @@ def render(sess: common.Session) -> None:
     st.header("Overview")
     report = common.report(sess.work)
     if not report:
-        st.info(f"No clean yet: run `python -m curation.clean DATA --workdir {sess.work.root}` to flag this dataset.")
+        st.info(f"No clean yet: run {common.code(f'python -m curation.clean DATA --workdir {sess.work.root}')} to flag this"
+                " dataset.")
     ov = _overview(sess, str(sess.work.root), sess.store.version(), rv.clean_version(sess.work))
     total = ov.n_open + ov.n_reviewed
     cols = st.columns(5)

@@ -43,7 +43,7 @@ def render(sess: common.Session) -> None:
         rank = offset + i
         cols = st.columns([1, 4, 1, 1, 4, 1], vertical_alignment="center")
         cols[0].write(f"{rank + 1}")
-        cols[1].write(f"**{row.identity}**" + (" ← you were here" if row.identity == st.session_state.get("identity") else ""))
+        cols[1].write(f"**{common.lit(row.identity)}**" + (" ← you were here" if row.identity == st.session_state.get("identity") else ""))
         cols[2].write(f"{row.worth:.2f}")
         cols[3].write(f"{int(row.n_photos) if row.n_photos == row.n_photos else 0}")
         cols[4].write(row.open_flags)

@@ -20,12 +20,12 @@ def pick_runs(sess: common.Session, *, marker: str, subdir: str, key: str, multi
         try:
             extra = rv.contained_folder(typed, work=sess.work)
         except UserError as exc:
-            st.error(str(exc))
+            st.error(common.lit(exc))
         else:
             if (extra / marker).is_file():
                 found = [extra, *[p for p in found if p != extra]]
             else:
-                st.warning(f"{extra} holds no {marker}.")
+                st.warning(f"{common.lit(extra)} holds no {marker}.")
     if not found:
         return []
     label = lambda p: str(p.relative_to(sess.work.root)) if p.is_relative_to(sess.work.root) else str(p)  # noqa: E731

@@ -15,13 +15,13 @@ def render(sess: common.Session) -> None:
         return
     hits = rv.search(sess.store, text)
     if hits.empty:
-        st.info(f"Nothing matches {text.strip()!r}.")
+        st.info(f"Nothing matches {common.lit(repr(text.strip()))}.")
         return
     st.write(f"{len(hits)} match(es)" + (" (the first 50 of each kind)" if len(hits) >= 50 else ""))
     for i, hit in enumerate(hits.itertuples()):
         cols = st.columns([1, 4, 5, 2, 1], vertical_alignment="center")
         cols[0].caption(hit.match)
-        cols[1].write(f"**{hit.identity}**")
-        cols[2].write(hit.path or "")
+        cols[1].write(f"**{common.lit(hit.identity)}**")
+        cols[2].write(common.lit(hit.path or ""))
         cols[3].write(f"{hit.n_open_flags} open flag(s)")
         cols[4].button("Open", key=f"search_open_{i}", on_click=common.open_identity, args=(hit.identity, 0))

@@ -13,14 +13,15 @@ def render(sess: common.Session) -> None:
     runs = pick_runs(sess, marker=rv.HISTORY_FILE, subdir="runs", key="train", multiple=False)
     if not runs:
         st.info(
-            f"No training run under {sess.work.root / 'runs'} yet. Fine-tune on the reviewed labels with\n\n"
-            f"`python -m curation.train_on_clean {sess.work.root} --init CHECKPOINT --out {sess.work.root / 'runs' / 'NAME'}`"
-            "\n\nand its loss and EER curves appear here (refresh while it runs)."
+            f"No training run under {common.lit(sess.work.root / 'runs')} yet. Fine-tune on the reviewed labels with\n\n"
+            + common.code(f"python -m curation.train_on_clean {sess.work.root} --init CHECKPOINT --out "
+                          f"{sess.work.root / 'runs' / 'NAME'}")
+            + "\n\nand its loss and EER curves appear here (refresh while it runs)."
         )
         return
     history = rv.read_history(runs[0])
     if history.empty:
-        st.info(f"{runs[0]} has no validation record yet: the first one comes after the first validation.")
+        st.info(f"{common.lit(runs[0])} has no validation record yet: the first one comes after the first validation.")
         return
     last = history.iloc[-1]
     best = history.loc[history.eer.idxmin()] if "eer" in history else None

@@ -28,6 +28,13 @@ from labels.store import FoundImage, LabelStore, NewFlag
 OUTLIER = "Hugh Laurie/planted_obama.png"
 FAKE = "Hugh Laurie/fake_0.png"
 BROKEN = "Halle Berry/broken.png"
+# build_workdir(..., hostile=True) names the folders and the planted file with what Markdown, Streamlit's extensions
+# and HTML would turn into something else, to check the app shows every name as it is.
+HOSTILE = {
+    "Hugh Laurie": "[click me](javascript:alert(2)) **bold**",
+    "Barack Obama": "<b>Obama :red[x] $x^2$ _it_ www.evil.example",
+    "planted_obama.png": "`tick` *star* <i>i &amp; [a](b) ana@evil.example.png",
+}
 EDGE = 0.30  # MobileFaceNet cosine: same person ~0.5-0.8, different people ~0.0-0.2 on these crops
 DUPLICATE = 0.95
 MERGE = 0.5
@@ -38,24 +45,34 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
 
 
-def build_dataset(glint: Path, data: Path, per_identity: int = 6) -> dict[str, tuple[str, bool]]:
+def planted(hostile: bool = False) -> tuple[str, str, str]:
+    """The planted outlier, deepfake and broken file (paths as ingested) of build_dataset(..., hostile)."""
+    if not hostile:
+        return OUTLIER, FAKE, BROKEN
+    hugh = HOSTILE["Hugh Laurie"]
+    return f"{hugh}/{HOSTILE['planted_obama.png']}", f"{hugh}/fake_0.png", BROKEN
+
+
+def build_dataset(glint: Path, data: Path, per_identity: int = 6, hostile: bool = False) -> dict[str, tuple[str, bool]]:
     """Copy photos into DATA/<identity>/ and return rel_path -> (identity, is_fake) as ingest would find them."""
+    folder = (lambda name: HOSTILE.get(name, name)) if hostile else (lambda name: name)
+    outlier, fake, broken = planted(hostile)
     found = {}
     for name in ("Hugh Laurie", "Barack Obama", "Halle Berry"):
         for p in sorted((glint / name).iterdir())[:per_identity]:
-            _copy(p, data / name / p.name)
-            found[f"{name}/{p.name}"] = (name, False)
+            _copy(p, data / folder(name) / p.name)
+            found[f"{folder(name)}/{p.name}"] = (folder(name), False)
     aniston = sorted((glint / "Jennifer Aniston").iterdir())[:6]
     for i, p in enumerate(aniston):
         ident = "Jennifer Aniston" if i < 3 else "Jennifer A"
         _copy(p, data / ident / p.name)
         found[f"{ident}/{p.name}"] = (ident, False)
-    _copy(sorted((glint / "Barack Obama").iterdir())[per_identity], data / OUTLIER)
-    found[OUTLIER] = ("Hugh Laurie", False)
-    _copy(sorted((glint / "Drew Barrymore").iterdir())[0], data / FAKE)
-    found[FAKE] = ("Hugh Laurie", True)
-    (data / BROKEN).write_bytes(b"this is not a png")
-    found[BROKEN] = ("Halle Berry", False)
+    _copy(sorted((glint / "Barack Obama").iterdir())[per_identity], data / outlier)
+    found[outlier] = (folder("Hugh Laurie"), False)
+    _copy(sorted((glint / "Drew Barrymore").iterdir())[0], data / fake)
+    found[fake] = (folder("Hugh Laurie"), True)
+    (data / broken).write_bytes(b"this is not a png")
+    found[broken] = ("Halle Berry", False)
     return found
 
 
@@ -65,10 +82,13 @@ def embed(session: ort.InferenceSession, rgb: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def build_workdir(glint: Path, model: Path, root: Path) -> Path:
-    """Create ROOT/data (the dataset) and ROOT/work (store, nodes.parquet, embeddings.npy, report.json, flags.csv)."""
+def build_workdir(glint: Path, model: Path, root: Path, hostile: bool = False) -> Path:
+    """Create ROOT/data (the dataset) and ROOT/work (store, nodes.parquet, embeddings.npy, report.json, flags.csv);
+    `hostile` names two identities and the planted file as in HOSTILE."""
     data, work = root / "data", root / "work"
-    found = build_dataset(glint, data)
+    found = build_dataset(glint, data, hostile=hostile)
+    hugh, obama = (HOSTILE["Hugh Laurie"], HOSTILE["Barack Obama"]) if hostile else ("Hugh Laurie", "Barack Obama")
+    planted_outlier, planted_fake, planted_broken = planted(hostile)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     images, vectors = [], {}
     for rel, (ident, fake) in sorted(found.items()):
@@ -125,9 +145,9 @@ def build_workdir(glint: Path, model: Path, root: Path) -> Path:
     # as curation.flagging scores a merge: the share of cross pairs joined by an edge
     merge_score = float((photos("Jennifer Aniston") @ photos("Jennifer A").T >= EDGE).mean())
     flags = [
-        NewFlag("outlier", "Hugh Laurie", OUTLIER, "Barack Obama", -1, float(nodes_df.set_index("path").sim_to_main[OUTLIER])),
-        NewFlag("fake_mismatch", "Hugh Laurie", FAKE, None, None, float(nodes_df.set_index("path").sim_to_main[FAKE])),
-        NewFlag("unreadable", "Halle Berry", BROKEN, None, None, None, {"reason": "not an image"}),
+        NewFlag("outlier", hugh, planted_outlier, obama, -1, float(nodes_df.set_index("path").sim_to_main[planted_outlier])),
+        NewFlag("fake_mismatch", hugh, planted_fake, None, None, float(nodes_df.set_index("path").sim_to_main[planted_fake])),
+        NewFlag("unreadable", "Halle Berry", planted_broken, None, None, None, {"reason": "not an image"}),
         NewFlag("merge", "Jennifer A", None, "Jennifer Aniston", None, merge_score),
     ]
     store.replace_flags("clean", flags)
@@ -145,7 +165,7 @@ def build_workdir(glint: Path, model: Path, root: Path) -> Path:
             "merge": {"value": MERGE, "method": "share of cross pairs joined by an edge"},
             "split": {"ratio": 0.5, "min_size": 3},
         },
-        "noise_rate": {"overall": 1 / len(rels), "per_identity": {"Hugh Laurie": 1 / 7}},
+        "noise_rate": {"overall": 1 / len(rels), "per_identity": {hugh: 1 / 7}},
         "similarity_histogram": {
             "bin_edges": edges.tolist(),
             "same_identity": np.histogram(same, edges)[0].tolist(),

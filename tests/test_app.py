@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf.json_format import MessageToDict
 from streamlit.testing.v1 import AppTest
 
 from labels.store import LabelStore
-from tests.review_workdir import FAKE, OUTLIER, build_workdir
+from tests.review_workdir import FAKE, HOSTILE, OUTLIER, build_workdir, planted
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -42,9 +44,15 @@ def ids(work: Path, *paths: str) -> list[int]:
     return [found[p] for p in paths]
 
 
+def shown(element) -> str:
+    """The text a Markdown element shows for its source: CommonMark drops the backslash of an escaped punctuation mark;
+    the app's escaping also puts invisible word joiners where autolinking would start."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", element.value).replace("\u2060", "").replace("  \n", "\n")
+
+
 def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.success]
-    return "\n".join(parts + [e.value for e in at.error] + [i.value for i in at.info])
+    parts = [*at.markdown, *at.caption, *at.success, *at.error, *at.info]
+    return "\n".join(shown(e) for e in parts)
 
 
 def test_reviewer_is_asked_once_and_the_queue_lists_flagged_identities(work):
@@ -75,17 +83,29 @@ def test_a_decision_is_written_at_once_shown_in_history_and_undone(work):
     assert len(at.get("plotly_chart")) == 1  # the heatmap
     at.button(key=f"rm_{outlier}").click().run()
     assert not at.exception
-    assert at.success[0].value.endswith("removed 1 photo(s)")
+    assert shown(at.success[0]).endswith("removed 1 photo(s)")
     with LabelStore.open(work) as store:  # written at once, with the reviewer's name
         assert store.images(ids=[outlier]).removed.item() == 1
         decision = store.history(limit=1)[0]
         assert (decision.reviewer, decision.action, decision.image_ids) == ("ana", "remove", (outlier,))
     assert any(h.value.startswith("Removed") for h in at.subheader)
     at.sidebar.button(key=f"undo_{decision.id}").click().run()
-    assert not at.exception and f"undid #{decision.id}" in at.success[0].value
+    assert not at.exception and f"undid #{decision.id}" in shown(at.success[0])
     with LabelStore.open(work) as store:
         assert store.images(ids=[outlier]).removed.item() == 0
         assert store.flags(image_ids=[outlier]).status.item() == "open"
+
+
+def test_history_offers_no_undo_that_would_override_a_later_decision(work):
+    outlier, = ids(work, OUTLIER)
+    with LabelStore.open(work) as store:  # issue 14: ana removes X, bob restores X, bob removes X
+        first = store.decide("remove", reviewer="ana", image_ids=[outlier])
+        store.decide("restore", reviewer="bob", image_ids=[outlier])
+        third = store.decide("remove", reviewer="bob", image_ids=[outlier])
+    at = app(reviewer="ana", view="Queue")
+    keys = {b.key for b in at.sidebar.button}
+    assert f"undo_{third}" in keys and f"undo_{first}" not in keys and f"undo_{first + 1}" not in keys
+    assert f"undo #{third} first" in "\n".join(shown(c) for c in at.sidebar.caption)
 
 
 def test_position_is_restored_for_the_reviewer_in_a_new_session(work):
@@ -109,15 +129,15 @@ def test_next_identity_and_selection_actions(work):
     at.checkbox(key=f"pick_{fake}").check().run()
     assert "**1 selected**" in texts(at)
     at.button(key="sel_fake").click().run()
-    assert "Not recorded: nothing to change" in at.error[0].value  # it is a deepfake already
+    assert "Not recorded: nothing to change" in shown(at.error[0])  # it is a deepfake already
     assert at.checkbox(key=f"pick_{fake}").value  # a refused action keeps the selection
     at.checkbox(key=f"pick_{fake}").uncheck()
     at.checkbox(key=f"pick_{outlier}").check().run()
     at.text_input(key="move_text").input("barack").run()
     assert at.selectbox(key="move_choice").options == ["Barack Obama", "barack (new)"]
     at.button(key="move_typed").click().run()
-    assert not at.error, at.error[0].value
-    assert "moved 1 photo(s) to Barack Obama" in at.success[0].value
+    assert not at.error, shown(at.error[0])
+    assert "moved 1 photo(s) to Barack Obama" in shown(at.success[0])
     assert not at.session_state[f"pick_{outlier}"]  # the selection is cleared after an action
     with LabelStore.open(work) as store:
         assert store.images(ids=[outlier]).identity.item() == "Barack Obama"
@@ -131,8 +151,8 @@ def test_merge_proposal_shows_both_sides_and_merges(work):
     with LabelStore.open(work) as store:
         flag = int(store.flags(kind="merge").id.item())
     at.button(key=f"merge_into_{flag}").click().run()
-    assert "merged Jennifer A into Jennifer Aniston" in at.success[0].value
-    assert "no photos are labelled 'Jennifer A'" in at.error[0].value  # the page now says where they went
+    assert "merged Jennifer A into Jennifer Aniston" in shown(at.success[0])
+    assert "no photos are labelled 'Jennifer A'" in shown(at.error[0])  # the page now says where they went
     with LabelStore.open(work) as store:
         assert len(store.images(identity="Jennifer Aniston")) == 6
 
@@ -142,7 +162,7 @@ def test_split_a_component_off(work):
     assert at.text_input(key="split_name_-1").value == "Hugh Laurie_split-1"
     at.text_input(key="split_name_-1").input("Hugh Laurie lookalikes")
     at.button(key="split_-1").click().run()
-    assert "split 2 photo(s) off Hugh Laurie into Hugh Laurie lookalikes" in at.success[0].value
+    assert "split 2 photo(s) off Hugh Laurie into Hugh Laurie lookalikes" in shown(at.success[0])
     with LabelStore.open(work) as store:
         assert len(store.images(identity="Hugh Laurie lookalikes")) == 2
 
@@ -166,7 +186,7 @@ def test_other_pages_render_and_explain_empty_states(work):
     at.sidebar.radio[0].set_value("Evaluation").run()
     assert "python -m curation.evaluate" in texts(at)
     at.text_input(key="eval_folder").input("/etc").run()
-    assert "outside the work folder" in at.error[0].value
+    assert "outside the work folder" in shown(at.error[0])
     at.sidebar.radio[0].set_value("Search").run()
     at.text_input(key="search_text").input("planted").run()
     at.button(key="search_open_0").click().run()
@@ -198,11 +218,11 @@ def test_export_page_runs_the_export(work):
     at.radio(key="export_unreviewed").set_value("apply")
     at.button(key="export_run").click().run()
     assert not at.exception, at.exception
-    assert at.success[0].value.startswith("Exported ") and (work / "export" / "labels.csv").is_file()
+    assert shown(at.success[0]).startswith("Exported ") and (work / "export" / "labels.csv").is_file()
     assert "unreviewed flags: applied" in at.code[0].value
     at.text_input(key="export_out").input("/tmp/elsewhere")
     at.button(key="export_run").click().run()
-    assert "outside the work folder" in at.error[0].value
+    assert "outside the work folder" in shown(at.error[0])
 
 
 def test_bad_start_is_explained(work, tmp_path, monkeypatch):
@@ -211,7 +231,7 @@ def test_bad_start_is_explained(work, tmp_path, monkeypatch):
     assert "no work folder given" in at.code[0].value and "--workdir WORK" in at.code[0].value
     monkeypatch.setattr(sys, "argv", ["app.py", "--workdir", str(tmp_path / "nothing")])
     at = app()
-    assert "python -m curation.clean" in at.error[0].value
+    assert "python -m curation.clean" in shown(at.error[0])
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +268,7 @@ def test_work_folder_from_the_real_clean(cleaned, tmp_path, monkeypatch):
         source, _ = rv.photo_source(store, rv.WorkFolder(work), photo, rv.crop_align_id(rv.read_report(rv.WorkFolder(work))))
         assert source.is_relative_to(work / "cache" / "crops")
     at.button(key=f"mv_{outlier}").click().run()
-    assert "moved 1 photo(s) to Barack Obama" in at.success[0].value
+    assert "moved 1 photo(s) to Barack Obama" in shown(at.success[0])
     with LabelStore.open(work) as store:
         assert store.images(ids=[outlier]).identity.item() == "Barack Obama"
         decision = store.history(limit=1)[0]
@@ -256,3 +276,87 @@ def test_work_folder_from_the_real_clean(cleaned, tmp_path, monkeypatch):
     with LabelStore.open(work) as store:
         assert store.images(ids=[outlier]).identity.item() == "Hugh Laurie"
         assert store.flags(image_ids=[outlier]).status.tolist() == ["open"]
+
+
+# ---- user strings are shown literally -----------------------------------------------------------------------------
+# What Markdown (links, emphasis, code), Streamlit (:red[...], $math$) or autolinking would make of the hostile names if
+# they reached a Markdown-rendering element unescaped.
+RAW = ("](javascript:", "**bold**", "<b>", ":red[x]", "$x^2$", "`tick`", "*star*", "_it_", "www.evil", "ana@evil", "<i>")
+NOT_MARKDOWN = {"text", "code", "dataframe", "plotly_chart", "arrow_data_frame", "json", "html"}  # shown as they are
+
+
+def markdown_strings(at: AppTest) -> list[str]:
+    """Every string the app hands to an element that renders it as Markdown: bodies, labels, help texts, captions and
+    radio options (selectbox options, text inputs' values, st.text and tables are shown as they are)."""
+    found: list[str] = []
+
+    def collect(value, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                collect(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v, key)
+        elif isinstance(value, str) and key in ("body", "label", "help", "text", "caption", "options"):
+            found.append(value)
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if getattr(node, "type", None) not in NOT_MARKDOWN and proto is not None:
+            fields = MessageToDict(proto, preserving_proto_field_name=True)
+            if getattr(node, "type", None) in ("selectbox", "multiselect"):
+                fields.pop("options", None)
+            collect(fields)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return found
+
+
+@pytest.fixture(scope="module")
+def hostile_built(tmp_path_factory, glint_dir, models_dir) -> Path:
+    return build_workdir(glint_dir, models_dir / "mobilefacenet.onnx", tmp_path_factory.mktemp("hostile"), hostile=True)
+
+
+def test_identity_file_and_reviewer_names_reach_markdown_only_escaped(hostile_built, tmp_path, monkeypatch):
+    """Issue 14: a folder named `[click me](javascript:alert(2)) **bold**` showed as a link and bold text."""
+    from review_pages.common import lit
+
+    work = tmp_path / "work"
+    shutil.copytree(hostile_built, work)
+    monkeypatch.setattr(sys, "argv", ["app.py", "--workdir", str(work)])
+    hugh, obama = HOSTILE["Hugh Laurie"], HOSTILE["Barack Obama"]
+    outlier, _, _ = planted(hostile=True)
+    reviewer = "**ana** [me](http://x.example) :blue[b]"
+    (outlier_id,) = ids(work, outlier)
+    found: dict[str, str] = {}
+
+    def check(page: str, at: AppTest) -> AppTest:
+        assert not at.exception, (page, at.exception)
+        strings = markdown_strings(at)
+        leaked = [(raw, s) for s in strings for raw in RAW if raw in s]
+        assert not leaked, (page, leaked[:3])
+        found[page] = "\n".join(strings)
+        return at
+
+    check("Queue", app(reviewer=reviewer, view="Queue"))
+    check("Overview", app(reviewer=reviewer, view="Overview"))
+    at = check("Identity", app(reviewer=reviewer, view="Identity", identity=hugh))
+    heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)
+    at.button(key=f"mv_{outlier_id}").click().run()  # a decision: its message and the history name both sides
+    assert f"moved 1 photo(s) to {obama}" in shown(at.success[0])
+    at.text_input(key="move_text").input(obama[:6]).run()
+    check("Identity after a move", at)
+    search = app(reviewer=reviewer, view="Search")
+    search.text_input(key="search_text").input("click").run()
+    check("Search", search)
+    check("Obama", app(reviewer=reviewer, view="Identity", identity=obama))
+    assert f"**{lit(hugh)}**" in found["Queue"] and lit(reviewer) in found["Queue"]  # queue row, sidebar
+    assert lit(hugh) in found["Identity"] and lit(obama) in found["Identity"]  # header, the suggestion
+    assert lit(outlier.split("/")[1]) in found["Identity"]  # the photo's caption
+    assert lit(hugh) in found["Search"] and lit(outlier.split("/")[1]) in found["Obama"]
+    assert lit(reviewer) in found["Identity after a move"]  # the history line names the reviewer
+    labels = heatmap["data"][0]["x"]
+    assert any("&lt;i&gt;i &amp;amp; [a](b)" in x for x in labels), labels  # plotly's HTML subset is escaped
+    assert heatmap["layout"]["title"]["text"].startswith(hugh)  # no HTML in this name: as it is

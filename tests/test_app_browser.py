@@ -10,13 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from labels.store import LabelStore
-from tests.review_workdir import OUTLIER, build_workdir
+from tests.review_workdir import HOSTILE, OUTLIER, build_workdir, planted
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,12 +31,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, glint_dir, models_dir):
-    """A work folder and a `streamlit run app.py` serving it; yields (url, work)."""
-    work = build_workdir(glint_dir, models_dir / "mobilefacenet.onnx", tmp_path)
+@contextmanager
+def serve(work: Path, log_path: Path):
+    """`streamlit run app.py` on a free localhost port over WORK; yields its URL once it answers."""
     port = free_port()
-    log = open(tmp_path / "streamlit.log", "wb")
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
          "--", "--workdir", str(work)],
@@ -50,9 +51,9 @@ def server(tmp_path, glint_dir, models_dir):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+                pytest.fail(f"streamlit did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.3)
-        yield url, work
+        yield url
     finally:
         proc.terminate()
         try:
@@ -60,6 +61,14 @@ def server(tmp_path, glint_dir, models_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path, glint_dir, models_dir):
+    """A work folder and a `streamlit run app.py` serving it; yields (url, work)."""
+    work = build_workdir(glint_dir, models_dir / "mobilefacenet.onnx", tmp_path)
+    with serve(work, tmp_path / "streamlit.log") as url:
+        yield url, work
 
 
 @pytest.fixture
@@ -119,3 +128,40 @@ def test_decision_in_the_browser_survives_a_reload(server, browser, tmp_path):
     shot = tmp_path / "review_app.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_hostile_names_render_as_plain_text_in_the_browser(tmp_path, glint_dir, models_dir, browser):
+    """Issue 14: identity, file and reviewer names that Markdown, Streamlit or plotly would format show as they are."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    work = build_workdir(glint_dir, models_dir / "mobilefacenet.onnx", tmp_path, hostile=True)
+    hugh, obama = HOSTILE["Hugh Laurie"], HOSTILE["Barack Obama"]
+    file_name = planted(hostile=True)[0].split("/")[1]
+    reviewer = "**ana** [me](http://x.example)"
+    with LabelStore.open(work) as store:  # a decision by that reviewer, for the history panel
+        store.decide("mark_fake", reviewer=reviewer, image_ids=[store.images(identity=hugh).id.iloc[0]])
+    with serve(work, tmp_path / "streamlit.log") as url:
+        query = urllib.parse.urlencode({"reviewer": reviewer, "view": "Identity", "identity": hugh})
+        browser.get(f"{url}/?{query}")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+
+        def page_text() -> str:
+            return browser.find_element(By.TAG_NAME, "body").text.replace("\u2060", "")
+
+        wait.until(lambda d: "Similarity matrix" in page_text() and "Decisions on this identity" in page_text())
+        text = page_text()
+        for literal in (hugh, obama, file_name, reviewer):
+            assert literal in text, literal
+        content = "[data-testid='stMarkdownContainer'], [data-testid='stHeadingWithActionElements'], .stImage"
+        # what Markdown, Streamlit's :red[] and $math$, HTML and autolinking would have made of the names
+        made = {"a": ("click me", "me", "www.evil.example", "ana@evil.example", "x.example"), "strong": ("bold", "ana"),
+                "em": ("star", "it"), "code": ("tick",), "b": ("Obama",), "i": ("i",), ".katex": ("x2",)}
+        for tag, fragments in made.items():
+            texts = {e.text.replace("\u2060", "") for e in browser.find_elements(By.CSS_SELECTOR, f":is({content}) {tag}")}
+            assert not texts & set(fragments), (tag, texts & set(fragments))
+        assert not browser.find_elements(By.CSS_SELECTOR, "a[href^='javascript']")
+        ticks = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot .xtick text')).map(t => t.textContent)"
+        )
+        assert any(t.startswith(file_name[:20]) for t in ticks), ticks  # plotly shows the name's <i> as text

@@ -111,6 +111,31 @@ def test_undo_refuses_to_overwrite_a_later_decision(store):
         store.undo(undo_first, reviewer="ana")
 
 
+def test_undo_refuses_when_a_later_live_decision_touched_the_photo_even_if_it_looks_unchanged(store):
+    """Issue 14: ana removes X (#1), bob restores X (#2), bob removes X (#3); X is as #1 left it, yet undoing #1 would
+    override bob's #3. The log says a later live decision touched X: refuse and name it."""
+    (x,) = _ids(store, "A/1.jpg")
+    first = store.decide("remove", reviewer="ana", image_ids=[x])
+    store.decide("restore", reviewer="bob", image_ids=[x])
+    third = store.decide("remove", reviewer="bob", image_ids=[x])
+    with pytest.raises(UndoConflict, match=f"A/1.jpg was changed again by decision #{third} \\(bob"):
+        store.undo(first, reviewer="ana")
+    assert _labels(store)["A/1.jpg"] == ("A", 0, 1) and len(store.history()) == 3  # nothing recorded
+    assert store.history()[-1].blocked_by == third
+    store.undo(third, reviewer="bob")  # #4; #2 (restore) is still live and blocks #1
+    with pytest.raises(UndoConflict, match="by decision #2 "):
+        store.undo(first, reviewer="ana")
+    # a keep on the photo is a later decision about it too, though it changes no label
+    (y,) = _ids(store, "B/1.jpg")
+    removed = store.decide("remove", reviewer="ana", image_ids=[y])
+    kept = store.decide("keep", reviewer="bob", image_ids=[y])
+    with pytest.raises(UndoConflict, match=f"B/1.jpg was decided on again by decision #{kept} \\(bob"):
+        store.undo(removed, reviewer="ana")
+    store.undo(kept, reviewer="bob")
+    store.undo(removed, reviewer="ana")  # the later one undone: no longer live, so the undo goes through
+    assert _labels(store)["B/1.jpg"] == ("B", 0, 0)
+
+
 def test_bad_decisions_are_refused_and_record_nothing(store):
     (i,) = _ids(store, "A/1.jpg")
     for kwargs, message in [
@@ -215,7 +240,9 @@ class Replay:
         self.done[did] = (changes, flags)
 
     def conflicts(self, did) -> bool:
-        return any(self.labels[i] != after for i, (_, after) in self.done[did][0].items())
+        """A later live decision (not undone; undos are not in `done`) touched one of its photos."""
+        mine = set(self.done[did][0])
+        return any(d > did and d not in self.undone and mine & set(ch) for d, (ch, _) in self.done.items())
 
     def undo(self, did):
         changes, flags = self.done[did]

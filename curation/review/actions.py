@@ -92,8 +92,10 @@ def split_name(store: LabelStore, identity: str, component: int) -> str:
 
 
 def history_lines(store: LabelStore, *, limit: int = 15, identity: str | None = None) -> list[dict]:
-    """Recent decisions for the history panel: id, text, and whether an undo button makes sense."""
+    """Recent decisions for the history panel: id, text, whether the store would undo it now (`undoable`) and, when a
+    later live decision on the same photos stands in the way, that decision's id (`blocked_by`)."""
     return [
-        {"id": d.id, "text": d.describe(), "undoable": d.action != "undo" and d.undone_by is None}
+        {"id": d.id, "text": d.describe(), "undoable": d.undoable,
+         "blocked_by": d.blocked_by if d.action != "undo" and d.undone_by is None else None}
         for d in store.history(limit=limit, identity=identity)
     ]

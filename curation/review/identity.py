@@ -5,6 +5,7 @@ nodes table and a memory-mapped slice of the embeddings), so it stays fast at a 
 """
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,8 @@ def heatmap_figure(view: IdentityView) -> go.Figure | None:
     if view.similarity is None or not len(view.heatmap_ids):
         return None
     photos = view.photos.set_index("image_id").loc[view.heatmap_ids]
-    labels = [f"{Path(p).name} (c{'' if pd.isna(c) else int(c)})" for p, c in zip(photos.path, photos.component)]
+    # plotly renders a subset of HTML in labels and titles: names are escaped so they show as they are
+    labels = [f"{html.escape(Path(p).name)} (c{'' if pd.isna(c) else int(c)})" for p, c in zip(photos.path, photos.component)]
     fig = go.Figure(
         go.Heatmap(
             z=view.similarity, x=labels, y=labels, zmin=-1 if view.similarity.min() < 0 else 0, zmax=1,
@@ -202,7 +204,7 @@ def heatmap_figure(view: IdentityView) -> go.Figure | None:
         fig.add_vline(x=k, line={"color": "white", "width": 2})
     n = len(labels)
     fig.update_layout(
-        title=f"{view.identity}: similarity ordered by component", height=min(900, 240 + 14 * n),
+        title=f"{html.escape(view.identity)}: similarity ordered by component", height=min(900, 240 + 14 * n),
         yaxis={"autorange": "reversed", "showticklabels": n <= 40}, xaxis={"showticklabels": n <= 40},
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
