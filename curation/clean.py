@@ -34,6 +34,8 @@ from curation.flagging import FlagConfig, flag_embeddings, noise
 from curation.flagging.calibrate import DEFAULT_TARGET_FMR
 from curation.flagging.demo import DownloadError, fetch_lfw
 from curation.flagging.graph import take_rows
+from curation.review.queue import summarize_report
+from curation.review.simulate import SimulatedReview, simulate_review
 from curation.workfolder import FLAG_COLUMNS, WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.pipeline import ENGINES
 from labels.cli import UserError, command_parser, run_command
@@ -464,11 +466,32 @@ def _run_planted(args, work: Path, progress: bool) -> int:
                             config=_config(args), progress=progress, engine=args.engine, ray_address=args.ray_address)
     print(format_summary(outcome))
     scores = noise.score(outcome.flags, truth)
-    outcome.report["planted_noise"] = scores
+    sample = review_sample(work, truth, outcome.report, seed=args.seed)
+    outcome.report["planted_noise"] = {**scores, "review_sample": sample.to_dict()}
     write_report(WorkFolder(work), outcome.report)
     print("\nhow the flags matched the planted noise:")
     print(noise.format_score(scores))
+    print(f"a reviewer who answers {sample.n_answered} flags the review queue picks (order: information; simulated, "
+          f"answers = the planted truth): estimated precision of the {sample.estimate.n_flags} flags left open "
+          f"{_pct(sample.estimate.precision)} (95% CI {_pct(sample.estimate.low)}-{_pct(sample.estimate.high)}); "
+          f"their true precision {_pct(sample.truth)}")
     offer_review(work)
+
+
+REVIEW_SAMPLE = 60  # answers the demo's simulated reviewer gives
+
+
+def review_sample(work: Path, truth: dict, report: dict, *, seed: int = 0) -> SimulatedReview:
+    """What a reviewer would learn from REVIEW_SAMPLE answers in the queue's information order, beside the truth
+    (curation.review.simulate; nothing is written to the store)."""
+    with LabelStore.open(work) as store:
+        flags = store.flags()
+    return simulate_review(flags, noise.flag_truth(flags, truth), summarize_report(report), budget=REVIEW_SAMPLE,
+                           seed=seed)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
     return 0
 
 

@@ -36,6 +36,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from labels.cli import UserError, command_parser, run_cli
+from labels.estimate import PrecisionEstimate, estimate_precision, with_bands
 from labels.layouts import META_NAME, identity_problem
 from labels.store import STORE_NAME, LabelStore
 from labels.vocab import AUTO_ACTIONS
@@ -71,6 +72,7 @@ class ExportSummary:
     left_out: dict[str, int] = field(default_factory=dict)  # 'unreadable' / 'missing' -> photos
     files: dict[str, int] = field(default_factory=dict)  # 'hardlink' / 'copy' -> files written
     seconds: float = 0.0
+    applied_estimate: PrecisionEstimate | None = None  # unreviewed='apply': how many of the applied flags are right
 
     def report(self) -> str:
         how = ", ".join(f"{n:,} {'hard links' if k == 'hardlink' else 'copies'}" for k, n in sorted(self.files.items()))
@@ -82,6 +84,8 @@ class ExportSummary:
         ]
         if self.unreviewed == "apply":
             lines.append(f"  unreviewed flags: applied {self.n_auto:,}; {self.n_open_left:,} need a person (left open)")
+            if self.applied_estimate is not None:
+                lines.append(f"  of the {self.n_auto:,} applied: {self.applied_estimate.describe()}")
         else:
             lines.append(f"  unreviewed flags: {self.n_open_left:,} open flags left as they are (--unreviewed keep)")
         if self.left_out:
@@ -246,6 +250,9 @@ def export(
             files = _write_dataset(store, kept, known, tmp, fmt, progress)
             applied = {f for fl in labels.auto_flags for f in fl}
             manifest = _manifest(meta, fmt, unreviewed, labels, kept, everything, files, len(open_flags) - len(applied))
+            estimate = _applied_estimate(store, applied) if unreviewed == "apply" else None
+            if estimate is not None:
+                manifest["applied_flags_estimate"] = {**estimate.to_dict(), "summary": estimate.describe()}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             _swap_in(tmp, out)
         finally:
@@ -267,7 +274,14 @@ def export(
         left_out={k: counts[k] for k in ("unreadable", "missing") if counts[k]},
         files=files,
         seconds=time.perf_counter() - started,
+        applied_estimate=estimate,
     )
+
+
+def _applied_estimate(store: LabelStore, applied: set[int]) -> PrecisionEstimate:
+    """The estimated precision of the open flags an export applied, from the reviewers' answers (labels.estimate)."""
+    flags = with_bands(store.flag_answers())
+    return estimate_precision(flags, flags.id.isin(applied).to_numpy())
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:

@@ -105,6 +105,13 @@ CREATE TABLE IF NOT EXISTS decision_flags(
 );
 CREATE INDEX IF NOT EXISTS decision_flags_flag ON decision_flags(flag_id);
 
+-- decisions recorded together as one request ("accept all suggestions here"): batch = the first decision's id
+CREATE TABLE IF NOT EXISTS decision_batches(
+    decision_id INTEGER PRIMARY KEY REFERENCES decisions(id),
+    batch INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decision_batches_batch ON decision_batches(batch);
+
 CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
 BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
@@ -116,6 +123,10 @@ BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS decision_flags_no_delete BEFORE DELETE ON decision_flags
 BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS decision_flags_no_update BEFORE UPDATE ON decision_flags
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decision_batches_no_update BEFORE UPDATE ON decision_batches
+BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decision_batches_no_delete BEFORE DELETE ON decision_batches
 BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 """
 
@@ -195,6 +206,7 @@ class Decision:
     flag_ids: tuple[int, ...]
     undone_by: int | None
     blocked_by: int | None = None  # the latest later live decision on one of its photos: undo that one first
+    batch: int | None = None  # decisions recorded together (decide_many / undo_many) share the first one's id
 
     @property
     def undoable(self) -> bool:
@@ -214,11 +226,36 @@ class Decision:
         return f"#{self.id} {self.ts[:19].replace('T', ' ')} {self.reviewer}: {what}{undone}"
 
 
+@dataclass(frozen=True)
+class DecisionRequest:
+    """One decision of `LabelStore.decide_many`; the fields mean what `LabelStore.decide`'s arguments mean."""
+
+    action: str
+    image_ids: tuple[int, ...] = ()
+    identity: str | None = None
+    target_identity: str | None = None
+    flag_ids: tuple[int, ...] | None = None
+    note: str = ""
+
+
 def check_identity_name(name: str) -> str:
     """Identities become folder names on export, so they must be one safe path component."""
     name = (name or "").strip()
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise StoreError(f"{name!r} is not a usable identity name (it must be one folder name, not a path)")
+    return name
+
+
+def _batch(db: sqlite3.Connection, ids: list[int]) -> list[int]:
+    """Mark decisions just recorded as one batch (named by the first id); returns them."""
+    db.executemany("INSERT INTO decision_batches VALUES(?, ?)", [(d, ids[0]) for d in ids])
+    return ids
+
+
+def _reviewer(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise StoreError("a decision needs a reviewer name")
     return name
 
 
@@ -598,6 +635,22 @@ class LabelStore:
             f"SELECT identity, kind, score FROM flags WHERE {where} AND 0", params
         )
 
+    def flag_answers(self) -> pd.DataFrame:
+        """Every flag with the decision that answers it now (the latest live one), for labels.estimate.
+
+        Columns: id, identity, image_id (None for identity-level flags), kind, score, status, action / reviewer /
+        decision_id / decided (None while open)."""
+        return self._frame(
+            "SELECT f.id, f.identity, f.image_id, f.kind, f.score, f.status, d.action, d.reviewer, d.id AS decision_id,"
+            " d.ts AS decided FROM flags f LEFT JOIN (SELECT df.flag_id, MAX(df.decision_id) AS did FROM decision_flags df"
+            f" JOIN decisions d ON d.id=df.decision_id WHERE {_LIVE_DECISION} GROUP BY df.flag_id) a ON a.flag_id=f.id"
+            " LEFT JOIN decisions d ON d.id=a.did ORDER BY f.id"
+        )
+
+    def decision_times(self) -> pd.DataFrame:
+        """reviewer, ts (ISO, UTC) of every decision, oldest first: what reviewer throughput is computed from."""
+        return self._frame("SELECT reviewer, ts FROM decisions ORDER BY id")
+
     def open_flag_counts(self, identities: Sequence[str], *, kinds: Sequence[str] | None = None) -> pd.DataFrame:
         """Open flags per (identity, kind) for a few identities (the identity a flag is raised on, not a suggestion).
 
@@ -671,42 +724,60 @@ class LabelStore:
         what a second reviewer's, or a double-clicked, copy of a decision made meanwhile looks like. The check runs
         inside the write transaction, so of two such copies exactly one is recorded.
         """
-        check_action(action)
+        request = DecisionRequest(action, tuple(image_ids), identity, target_identity,
+                                  None if flag_ids is None else tuple(flag_ids), note)
+        reviewer = _reviewer(reviewer)
+        with self.transaction() as db:
+            return self._decide(db, request, reviewer, strict)
+
+    def decide_many(self, requests: Sequence[DecisionRequest], *, reviewer: str, strict: bool = False) -> list[int]:
+        """Record several decisions as one batch, all or none (one transaction); returns their ids in order.
+
+        Each is an ordinary decision (undone on its own with `undo`); they share `Decision.batch`, so a history shows
+        them together and `undo_many` reverses the lot. A refusal of any one (see `decide`) records none of them.
+        Example: `store.decide_many([DecisionRequest("remove", (7,)), DecisionRequest("keep", (9,))], reviewer="ana")`.
+        """
+        reviewer = _reviewer(reviewer)
+        if not requests:
+            raise StoreError("nothing to decide")
+        with self.transaction() as db:
+            ids = _batch(db, [self._decide(db, r, reviewer, strict) for r in requests])
+        return ids
+
+    def _decide(self, db: sqlite3.Connection, r: DecisionRequest, reviewer: str, strict: bool) -> int:
+        action, identity, target_identity = check_action(r.action), r.identity, r.target_identity
         if action == "undo":
             raise StoreError("use undo(decision_id) to reverse a decision")
-        reviewer = (reviewer or "").strip()
-        if not reviewer:
-            raise StoreError("a decision needs a reviewer name")
         if action in ("move", "merge"):
             target_identity = check_identity_name(target_identity or "")
-        with self.transaction() as db:
-            if action == "merge":
-                identity = check_identity_name(identity or "")
-                if identity == target_identity:
-                    raise StoreError(f"cannot merge {identity} into itself")
-                image_ids = [r[0] for r in db.execute("SELECT id FROM images WHERE identity=?", (identity,))]
-                if not image_ids:
-                    raise StoreError(f"identity {identity!r} has no photos to merge")
-            image_ids = sorted({int(i) for i in image_ids})
-            if action not in ("merge", "keep") and not image_ids:
-                raise StoreError(f"{action} needs at least one photo")
-            rows = self._current(db, image_ids)
-            if action == "keep" and not (flag_ids or image_ids):
-                raise StoreError("keep needs the flag(s) it rejects")
-            if flag_ids is None:
-                flag_ids = self._default_flags(db, action, image_ids, identity, target_identity)
-            flag_ids = sorted({int(f) for f in flag_ids})
-            if strict:
-                self._check_fresh(db, action, rows, flag_ids, target_identity)
-            cur = db.execute(
-                "INSERT INTO decisions(ts, reviewer, action, identity, target_identity, note) VALUES(?,?,?,?,?,?)",
-                (_now(), reviewer, action, identity, target_identity, note),
-            )
-            did = cur.lastrowid
-            for image_id, before in rows.items():
-                after = _apply(action, before, target_identity)
-                self._record_image(db, did, image_id, before, after)
-            self._answer_flags(db, did, flag_ids)
+        image_ids = r.image_ids
+        if action == "merge":
+            identity = check_identity_name(identity or "")
+            if identity == target_identity:
+                raise StoreError(f"cannot merge {identity} into itself")
+            image_ids = [row[0] for row in db.execute("SELECT id FROM images WHERE identity=?", (identity,))]
+            if not image_ids:
+                raise StoreError(f"identity {identity!r} has no photos to merge")
+        image_ids = sorted({int(i) for i in image_ids})
+        if action not in ("merge", "keep") and not image_ids:
+            raise StoreError(f"{action} needs at least one photo")
+        rows = self._current(db, image_ids)
+        if action == "keep" and not (r.flag_ids or image_ids):
+            raise StoreError("keep needs the flag(s) it rejects")
+        flag_ids = r.flag_ids
+        if flag_ids is None:
+            flag_ids = self._default_flags(db, action, image_ids, identity, target_identity)
+        flag_ids = sorted({int(f) for f in flag_ids})
+        if strict:
+            self._check_fresh(db, action, rows, flag_ids, target_identity)
+        cur = db.execute(
+            "INSERT INTO decisions(ts, reviewer, action, identity, target_identity, note) VALUES(?,?,?,?,?,?)",
+            (_now(), reviewer, action, identity, target_identity, r.note),
+        )
+        did = cur.lastrowid
+        for image_id, before in rows.items():
+            self._record_image(db, did, image_id, before, _apply(action, before, target_identity))
+        self._answer_flags(db, did, flag_ids)
         return did
 
     def undo(self, decision_id: int, *, reviewer: str, note: str = "") -> int:
@@ -715,52 +786,70 @@ class LabelStore:
         Refuses (UndoConflict, naming it) when a later live decision (one that is neither an undo nor undone) touched
         any of the same photos, whatever the photos' labels are now: undoing would silently override that decision.
         Undo the later one first."""
-        reviewer = (reviewer or "").strip()
-        if not reviewer:
-            raise StoreError("a decision needs a reviewer name")
+        reviewer = _reviewer(reviewer)
         with self.transaction() as db:
-            target = db.execute("SELECT action, undoes FROM decisions WHERE id=?", (decision_id,)).fetchone()
-            if target is None:
-                raise StoreError(f"there is no decision #{decision_id}")
-            if target["action"] == "undo":
-                raise StoreError(f"#{decision_id} is itself an undo; make the decision again instead")
-            done = db.execute("SELECT id FROM decisions WHERE undoes=?", (decision_id,)).fetchone()
-            if done:
-                raise StoreError(f"decision #{decision_id} was already undone by #{done[0]}")
-            later = db.execute(
-                "SELECT d.id, d.reviewer, d.action, di1.image_id, (di2.before_identity<>di2.after_identity OR"
-                " di2.before_fake<>di2.after_fake OR di2.before_removed<>di2.after_removed) AS changed"
-                f" {_LATER_LIVE} AND di1.decision_id=? ORDER BY d.id DESC LIMIT 1",
-                (decision_id,),
-            ).fetchone()
-            if later is not None:
-                how = "changed again" if later["changed"] else "decided on again"
-                path = db.execute("SELECT path FROM images WHERE id=?", (later["image_id"],)).fetchone()[0]
-                raise UndoConflict(
-                    f"{path} was {how} by decision #{later['id']} ({later['reviewer']}, "
-                    f"{later['action'].replace('_', ' ')}); undo that one first"
-                )
-            changes = db.execute(
-                "SELECT image_id, before_identity, before_fake, before_removed, after_identity, after_fake,"
-                " after_removed FROM decision_images WHERE decision_id=?",
-                (decision_id,),
-            ).fetchall()
-            cur = db.execute(
-                "INSERT INTO decisions(ts, reviewer, action, undoes, note) VALUES(?,?,?,?,?)",
-                (_now(), reviewer, "undo", decision_id, note),
+            return self._undo(db, int(decision_id), reviewer, note)
+
+    def undo_many(self, decision_ids: Sequence[int], *, reviewer: str, note: str = "") -> list[int]:
+        """Undo several decisions (e.g. a batch) newest first, all or none; the undos form a batch of their own.
+
+        A later decision inside the set does not block an earlier one (it is undone first); one outside does."""
+        reviewer = _reviewer(reviewer)
+        ids = sorted({int(d) for d in decision_ids}, reverse=True)
+        if not ids:
+            raise StoreError("nothing to undo")
+        with self.transaction() as db:
+            return _batch(db, [self._undo(db, d, reviewer, note) for d in ids])
+
+    def batch(self, batch_id: int) -> list[int]:
+        """The ids of the decisions of one batch, oldest first ([] when there is no such batch)."""
+        rows = self._db.execute("SELECT decision_id FROM decision_batches WHERE batch=? ORDER BY decision_id",
+                                (int(batch_id),))
+        return [r[0] for r in rows]
+
+    def _undo(self, db: sqlite3.Connection, decision_id: int, reviewer: str, note: str) -> int:
+        target = db.execute("SELECT action, undoes FROM decisions WHERE id=?", (decision_id,)).fetchone()
+        if target is None:
+            raise StoreError(f"there is no decision #{decision_id}")
+        if target["action"] == "undo":
+            raise StoreError(f"#{decision_id} is itself an undo; make the decision again instead")
+        done = db.execute("SELECT id FROM decisions WHERE undoes=?", (decision_id,)).fetchone()
+        if done:
+            raise StoreError(f"decision #{decision_id} was already undone by #{done[0]}")
+        later = db.execute(
+            "SELECT d.id, d.reviewer, d.action, di1.image_id, (di2.before_identity<>di2.after_identity OR"
+            " di2.before_fake<>di2.after_fake OR di2.before_removed<>di2.after_removed) AS changed"
+            f" {_LATER_LIVE} AND di1.decision_id=? ORDER BY d.id DESC LIMIT 1",
+            (decision_id,),
+        ).fetchone()
+        if later is not None:
+            how = "changed again" if later["changed"] else "decided on again"
+            path = db.execute("SELECT path FROM images WHERE id=?", (later["image_id"],)).fetchone()[0]
+            raise UndoConflict(
+                f"{path} was {how} by decision #{later['id']} ({later['reviewer']}, "
+                f"{later['action'].replace('_', ' ')}); undo that one first"
             )
-            did = cur.lastrowid
-            for c in changes:
-                self._record_image(db, did, c[0], (c[4], c[5], c[6]), (c[1], c[2], c[3]))
-            reopened = [r[0] for r in db.execute("SELECT flag_id FROM decision_flags WHERE decision_id=?", (decision_id,))]
-            for flag_id in reopened:
-                still = db.execute(
-                    f"SELECT 1 FROM decision_flags df JOIN decisions d ON d.id=df.decision_id"
-                    f" WHERE df.flag_id=? AND d.id<>? AND {_LIVE_DECISION}",
-                    (flag_id, decision_id),
-                ).fetchone()
-                if not still:
-                    db.execute("UPDATE flags SET status='open' WHERE id=?", (flag_id,))
+        changes = db.execute(
+            "SELECT image_id, before_identity, before_fake, before_removed, after_identity, after_fake,"
+            " after_removed FROM decision_images WHERE decision_id=?",
+            (decision_id,),
+        ).fetchall()
+        cur = db.execute(
+            "INSERT INTO decisions(ts, reviewer, action, undoes, note) VALUES(?,?,?,?,?)",
+            (_now(), reviewer, "undo", decision_id, note),
+        )
+        did = cur.lastrowid
+        for c in changes:
+            self._record_image(db, did, c[0], (c[4], c[5], c[6]), (c[1], c[2], c[3]))
+        reopened = [r[0] for r in db.execute("SELECT flag_id FROM decision_flags WHERE decision_id=?", (decision_id,))]
+        for flag_id in reopened:
+            still = db.execute(
+                f"SELECT 1 FROM decision_flags df JOIN decisions d ON d.id=df.decision_id"
+                f" WHERE df.flag_id=? AND d.id<>? AND {_LIVE_DECISION}",
+                (flag_id, decision_id),
+            ).fetchone()
+            if not still:
+                db.execute("UPDATE flags SET status='open' WHERE id=?", (flag_id,))
         return did
 
     def history(self, *, limit: int = 50, identity: str | None = None, image_id: int | None = None) -> list[Decision]:
@@ -787,7 +876,8 @@ class LabelStore:
     def _decisions(self, where: str, params: list, limit: int) -> list[Decision]:
         sql = (
             "SELECT h.*, (SELECT u.id FROM decisions u WHERE u.undoes=h.id) AS undone_by,"
-            f" (SELECT MAX(d.id) {_LATER_LIVE} AND di1.decision_id=h.id) AS blocked_by"
+            f" (SELECT MAX(d.id) {_LATER_LIVE} AND di1.decision_id=h.id) AS blocked_by,"
+            " (SELECT b.batch FROM decision_batches b WHERE b.decision_id=h.id) AS batch"
             f" FROM decisions h WHERE {where} ORDER BY h.id DESC LIMIT {int(limit)}"
         )
         out = []
@@ -797,7 +887,7 @@ class LabelStore:
             out.append(
                 Decision(
                     r["id"], r["ts"], r["reviewer"], r["action"], r["identity"], r["target_identity"], r["undoes"],
-                    r["note"], imgs, flg, r["undone_by"], r["blocked_by"],
+                    r["note"], imgs, flg, r["undone_by"], r["blocked_by"], r["batch"],
                 )
             )
         return out

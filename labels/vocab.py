@@ -26,6 +26,19 @@ ACTIONS: tuple[str, ...] = (
     "undo",  # reverses one earlier decision
 )
 
+# What the decision that answered a flag says about the flag (labels.estimate): the reviewer changed the photo's label
+# (the flag found a real error) or left it as it was (the flag was wrong). An undo answers nothing.
+VERDICTS: dict[str, str] = {
+    "remove": "confirmed",
+    "move": "confirmed",
+    "mark_fake": "confirmed",
+    "mark_real": "confirmed",
+    "merge": "confirmed",
+    "keep": "rejected",
+    "restore": "rejected",
+}
+assert set(VERDICTS) == set(ACTIONS) - {"undo"}, "every action but undo says whether a flag was right"
+
 # Open flags acted on by `export --unreviewed apply`, and how. Flags not listed need a person (split).
 AUTO_ACTIONS: dict[str, str] = {
     "outlier": "remove",

@@ -8,6 +8,7 @@ per reviewer, for a reviewer who opens the app fresh.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import string
@@ -25,7 +26,7 @@ from labels.vocab import FLAG_KINDS
 
 VIEWS = ("Overview", "Queue", "Identity", "Search", "Export", "Training", "Evaluation")
 LANDING = "Queue"  # where a reviewer without a saved position starts: the work
-URL_KEYS = ("view", "identity", "rank", "kinds", "qpage", "reviewer")
+URL_KEYS = ("view", "identity", "rank", "kinds", "order", "qpage", "reviewer")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -130,11 +131,14 @@ def _queues(root: str) -> dict:
     return {}
 
 
-def queue(sess: Session, kinds: tuple[str, ...]) -> rv.QueueSnapshot:
+def queue(sess: Session) -> rv.QueueSnapshot:
+    """The queue for this session's filter and order (session state queue_kinds, queue_order)."""
+    kinds = tuple(st.session_state.get("queue_kinds", []))
+    order = st.session_state.get("queue_order", "worth")
     holder = _queues(str(sess.work.root))
     summary = rv.summarize_report(report(sess.work))
-    snap = rv.queue_snapshot(sess.store, summary, kinds=kinds or None, previous=holder.get(kinds))
-    holder[kinds] = snap
+    snap = rv.queue_snapshot(sess.store, summary, kinds=kinds or None, order=order, previous=holder.get((kinds, order)))
+    holder[(kinds, order)] = snap
     return snap
 
 
@@ -185,6 +189,7 @@ def _apply_position(pos: dict) -> None:
     st.session_state.rank = _int(pos.get("rank"), 0)
     st.session_state.queue_offset = _int(pos.get("qpage"), 0)
     st.session_state.queue_kinds = [k for k in pos.get("kinds") or [] if k in FLAG_KINDS]
+    st.session_state.queue_order = pos.get("order") if pos.get("order") in rv.ORDERS else "worth"
 
 
 def restore_position(store: LabelStore, reviewer: str) -> None:
@@ -209,8 +214,9 @@ def sync_position(sess: Session) -> None:
         "rank": int(st.session_state.get("rank", 0)),
         "qpage": int(st.session_state.get("queue_offset", 0)),
         "kinds": list(st.session_state.get("queue_kinds", [])),
+        "order": st.session_state.get("queue_order", "worth"),
     }
-    url = {k: str(v) for k, v in pos.items() if k != "kinds" and v not in ("", None)}
+    url = {k: str(v) for k, v in pos.items() if k != "kinds" and v not in ("", None) and (k, v) != ("order", "worth")}
     if pos["kinds"]:
         url["kinds"] = ",".join(pos["kinds"])
     url["reviewer"] = sess.reviewer
@@ -251,9 +257,13 @@ def act(sess: Session, action: str, **kwargs) -> None:
         st.session_state[key] = False  # the selection was acted on
 
 
-def undo(sess: Session, decision_id: int) -> None:
+def undo(sess: Session, decision_ids: list[int]) -> None:
+    """Button callback: undo one decision, or a batch of them at once."""
     try:
-        out = rv.undo_decision(sess.store, decision_id, reviewer=sess.reviewer)
+        if len(decision_ids) == 1:
+            out = rv.undo_decision(sess.store, decision_ids[0], reviewer=sess.reviewer)
+        else:
+            out = rv.undo_decisions(sess.store, decision_ids, reviewer=sess.reviewer)
     except UserError as exc:
         flash("error", f"Not undone: {exc}")
         return
@@ -261,19 +271,64 @@ def undo(sess: Session, decision_id: int) -> None:
 
 
 def history_panel(sess: Session, *, identity: str | None = None, limit: int = 10, where=None) -> None:
-    """Recent decisions (all, or on one identity), newest first, each with an undo button."""
+    """Recent decisions (all, or on one identity), newest first, each with an undo button where the store would undo
+    it: decisions made together (accept all) are one line with one button in the sidebar, one line each on a page."""
     where = where or st
-    lines = rv.history_lines(sess.store, limit=limit, identity=identity)
+    lines = rv.history_lines(sess.store, limit=limit, identity=identity, grouped=identity is None)
     if not lines:
         where.caption("No decisions yet.")
     prefix = "hundo" if identity else "undo"
     for line in lines:
         where.caption(lit(line["text"]))
         if line["undoable"]:
-            where.button("Undo", key=f"{prefix}_{line['id']}", on_click=undo, args=(sess, line["id"]), type="tertiary",
-                         icon=":material/undo:", help=f"Reverse decision #{line['id']}")
+            n = len(line["ids"])
+            where.button("Undo" if n == 1 else f"Undo all {n}", key=f"{prefix}_{line['id']}", on_click=undo,
+                         args=(sess, line["ids"]), type="tertiary", icon=":material/undo:",
+                         help=f"Reverse decision #{line['id']}" if n == 1 else f"Reverse decisions #{min(line['ids'])}-"
+                         f"#{max(line['ids'])}, made together")
         elif line["blocked_by"]:
             where.caption(f"(to undo it, undo #{line['blocked_by']} first: it decided on the same photos later)")
+
+
+# ---- keyboard -----------------------------------------------------------------------------------------------------------
+_SHORTCUT_SCRIPT = """<script>
+(() => {
+  window.__facecurShortcuts = %s;
+  if (window.__facecurKeys) return;  // one listener per browser tab; each page only replaces the map
+  window.__facecurKeys = true;
+  const typing = el => !!el && (el.isContentEditable || el.tagName === "TEXTAREA" || el.tagName === "SELECT" ||
+    (el.tagName === "INPUT" && !["checkbox", "radio", "button", "submit", "reset", "range", "color"].includes(el.type)));
+  window.addEventListener("keydown", ev => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.isComposing) return;
+    if (typing(ev.target)) { if (ev.key === "Escape") ev.target.blur(); return; }
+    const key = window.__facecurShortcuts[(ev.shiftKey ? "shift+" : "") + ev.key.toLowerCase()];
+    const button = key && document.querySelector(".st-key-" + key + " button");
+    if (!button || button.disabled) return;
+    ev.preventDefault();
+    ev.stopImmediatePropagation();  // Streamlit's own shortcut handling never sees it: one click per key press
+    button.click();
+  }, true);
+})();
+</script>"""
+
+
+def shortcuts(keys: dict[str, tuple[str, str]], where=None) -> None:
+    """Keyboard shortcuts for this page: key ('n', 'shift+k', 'arrowright') -> (button key, what it does).
+
+    Why not Streamlit's `shortcut=`: it ignores a key while any input has the focus, a photo's checkbox included, so
+    after ticking a photo N did nothing. This listener (on the window, capture phase) works wherever the focus is,
+    except while typing in a text field, where keys type; Esc leaves the field. The list is shown on the page.
+    """
+    where = where or st
+    mapping = {k: button for k, (button, _) in keys.items()}
+    where.html(_SHORTCUT_SCRIPT % json.dumps(mapping), unsafe_allow_javascript=True)
+    where.caption("Keys: " + " · ".join(f"**{_key_name(k)}** {what}" for k, (_, what) in keys.items())
+                  + " · **Esc** leaves a text field")
+
+
+def _key_name(key: str) -> str:
+    names = {"arrowleft": "←", "arrowright": "→", "shift": "Shift"}
+    return "+".join(names.get(part, part.upper()) for part in key.split("+"))
 
 
 def error_page(message: str) -> None:

@@ -31,6 +31,7 @@ def render(sess: common.Session) -> None:
     cols[4].metric("Estimated noise rate", "-" if noise is None else f"{noise:.1%}")
     if total:
         st.progress(ov.n_reviewed / total, text=f"{ov.n_reviewed / total:.0%} of flags reviewed ({ov.n_decisions:,} decisions)")
+    _estimate(ov)
     left, right = st.columns(2)
     left.plotly_chart(rv.flag_counts_figure(ov), key="flag_counts_chart")
     hist = rv.similarity_histogram_figure(ov.summary)
@@ -45,3 +46,54 @@ def render(sess: common.Session) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="thresholds_table")
     st.subheader("Flags per kind")
     st.dataframe(ov.flag_counts.rename(columns={"resolved": "answered"}), hide_index=True, key="flag_counts_table")
+    _throughput(ov)
+
+
+def _pct(x) -> str:
+    return "-" if x is None or x != x else f"{x:.1%}"
+
+
+def _estimate(ov: rv.Overview) -> None:
+    """What the answers so far say about the open flags: precision, real errors among them, rates per band."""
+    st.subheader("How right are the open flags?")
+    e = ov.estimate
+    if e.precision is None:
+        st.info(f"No reviewed sample yet: answer a few flags (the Queue's **information** order picks the ones that "
+                f"tell most) and the estimated precision of the {e.n_flags:,} open flags appears here.")
+        return
+    cols = st.columns(3)
+    cols[0].metric("Estimated precision of the open flags", _pct(e.precision),
+                   help=f"95% interval {_pct(e.low)} - {_pct(e.high)}, from {e.n_reviewed:,} answered flags, "
+                        "stratified by flag kind and score band")
+    cols[1].metric("Real errors among them (estimate)", f"{e.right:,.0f}",
+                   help=f"95% interval {e.right_low:,.0f} - {e.right_high:,.0f} of {e.n_flags:,} open flags")
+    cols[2].metric("Answers it rests on", f"{e.n_reviewed:,}")
+    st.caption(f"{e.describe()} · 95% interval of the real errors: {e.right_low:,.0f}-{e.right_high:,.0f} of "
+               f"{e.n_flags:,} open flags. `export --unreviewed apply` states the same estimate for what it applies.")
+    per_kind = e.per_kind.assign(
+        precision=[_pct(x) for x in e.per_kind.precision],
+        interval=[f"{_pct(lo)}-{_pct(hi)}" if lo is not None and lo == lo else "-" for lo, hi in
+                  zip(e.per_kind.low, e.per_kind.high)],
+        real_errors=[f"{x:,.0f}" if x is not None and x == x else "-" for x in e.per_kind.right],
+    )[["kind", "n_flags", "n_reviewed", "precision", "interval", "real_errors"]]
+    st.dataframe(per_kind.rename(columns={"n_flags": "open flags", "n_reviewed": "answered",
+                                          "real_errors": "real errors (est.)"}), hide_index=True, key="estimate_table")
+    fig = rv.rates_figure(ov)
+    if fig is not None:
+        st.plotly_chart(fig, key="rates_chart")
+    with st.expander("Confirmed rate per kind and score band"):
+        st.dataframe(rv.rates_table(ov), hide_index=True, key="rates_table")
+
+
+def _throughput(ov: rv.Overview) -> None:
+    st.subheader("Reviewer throughput")
+    t = ov.throughput
+    if t.empty:
+        st.caption("No decisions yet.")
+        return
+    st.caption("Decisions per minute of review time (pauses over 5 minutes between two decisions do not count).")
+    st.dataframe(t.rename(columns={"decisions_today": "today", "per_minute_today": "per minute today",
+                                   "per_minute": "per minute overall", "minutes": "review minutes"}),
+                 hide_index=True, key="throughput_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.1f")
+                                for c in ("per minute today", "per minute overall", "review minutes")})

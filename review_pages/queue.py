@@ -18,14 +18,24 @@ def _move(delta: int) -> None:
     st.session_state.queue_offset = max(0, st.session_state.get("queue_offset", 0) + delta)
 
 
+ORDER_HELP = {
+    "worth": "worth: the errors that matter most first (severity of each open flag x how unsure it is)",
+    "information": "information: the flags whose answers tell most about the rest first (score bands whose confirmed "
+                   "rate is least certain, picked at random within a band), so that a small sample says how right the "
+                   "open flags are; see the Overview",
+}
+
+
 def render(sess: common.Session) -> None:
     st.header("Review queue")
-    st.caption("Identities ordered by how much a review is worth: severity of each open flag x how unsure it is "
-               "(a score near its threshold is worth a look; a clear-cut one less).")
     st.session_state.setdefault("queue_kinds", [])
-    kinds = st.multiselect("Flag kinds", FLAG_KINDS, key="queue_kinds", on_change=_reset_offset,
-                           placeholder="all kinds")
-    snap = common.queue(sess, tuple(kinds))
+    st.session_state.setdefault("queue_order", "worth")
+    left, right = st.columns([3, 2])
+    kinds = left.multiselect("Flag kinds", FLAG_KINDS, key="queue_kinds", on_change=_reset_offset,
+                             placeholder="all kinds")
+    order = right.radio("Order", rv.ORDERS, key="queue_order", on_change=_reset_offset, horizontal=True)
+    st.caption(ORDER_HELP[order])
+    snap = common.queue(sess)
     if snap.total == 0:
         if kinds:
             st.success("No open flags of these kinds.")
@@ -49,7 +59,8 @@ def render(sess: common.Session) -> None:
         cols[4].write(row.open_flags)
         cols[5].button("Open", key=f"open_{rank}", on_click=common.open_identity, args=(row.identity, rank))
     prev, _, nxt = st.columns([1, 4, 1])
-    prev.button("← Previous", key="queue_prev", disabled=offset == 0, on_click=_move, args=(-PAGE_SIZE,),
-                shortcut="Left")
+    prev.button("← Previous", key="queue_prev", disabled=offset == 0, on_click=_move, args=(-PAGE_SIZE,))
     nxt.button("Next →", key="queue_next", disabled=offset + PAGE_SIZE >= snap.total, on_click=_move,
-               args=(PAGE_SIZE,), shortcut="Right")
+               args=(PAGE_SIZE,))
+    common.shortcuts({"n": (f"open_{offset}", "open the first of this page"), "arrowleft": ("queue_prev", "previous page"),
+                      "arrowright": ("queue_next", "next page")})

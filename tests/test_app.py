@@ -1,6 +1,7 @@
 """The review app driven by Streamlit's own test harness (AppTest) on a real work folder built from ../shared photos."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -13,8 +14,8 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from streamlit.testing.v1 import AppTest
 
-from labels.store import LabelStore
-from tests.review_workdir import FAKE, HOSTILE, OUTLIER, build_workdir, planted
+from labels.store import LabelStore, NewFlag
+from tests.review_workdir import EDGE, FAKE, HOSTILE, OUTLIER, build_workdir, planted
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -276,6 +277,79 @@ def test_work_folder_from_the_real_clean(cleaned, tmp_path, monkeypatch):
     with LabelStore.open(work) as store:
         assert store.images(ids=[outlier]).identity.item() == "Hugh Laurie"
         assert store.flags(image_ids=[outlier]).status.tolist() == ["open"]
+
+
+# ---- one keystroke per identity, the information order, the estimate (issue 15) ------------------------------------
+def test_accept_all_is_one_batch_of_undoable_decisions_that_a_second_session_sees(work):
+    outlier, fake = ids(work, OUTLIER, FAKE)
+    at = app(reviewer="ana", view="Identity", identity="Hugh Laurie")
+    assert "suggested: 1 move, 1 remove" in texts(at) or "suggested: 1 remove, 1 move" in texts(at)
+    at.button(key="accept_all").click().run()
+    assert "accepted the suggestions on 2 photo(s)" in shown(at.success[0])
+    with LabelStore.open(work) as store:
+        moved, removed = store.images(ids=[outlier, fake]).set_index("id").loc[[outlier, fake]].itertuples()
+        assert moved.identity == "Barack Obama" and removed.removed == 1
+        batch = store.history(limit=2)
+        assert {d.action for d in batch} == {"move", "remove"} and batch[0].batch == batch[1].batch is not None
+        assert store.flags(identity="Hugh Laurie", status="open").empty
+    other = app(reviewer="bo", view="Identity", identity="Barack Obama")  # a second session sees the decisions
+    from review_pages.common import lit
+
+    assert any(lit(OUTLIER.split("/")[1]) in m for m in markdown_strings(other))  # the moved photo's caption
+    line = next(c for c in other.sidebar.caption if "2 decisions together" in shown(c))
+    assert "ana" in shown(line)
+    other.sidebar.button(key=f"undo_{batch[0].id}").click().run()
+    assert "undid 2 decisions" in shown(other.success[0])
+    with LabelStore.open(work) as store:
+        assert store.images(ids=[outlier]).identity.item() == "Hugh Laurie"
+        assert len(store.flags(identity="Hugh Laurie", status="open")) == 2
+        single = store.history(limit=4)[-1]  # each decision of a batch can also be undone on its own
+        assert single.undone_by is not None
+
+
+def test_keep_all_own_folder_suggestion_and_the_diverging_heatmap(work):
+    with LabelStore.open(work) as store:  # a flag whose best match is the photo's own identity
+        store.replace_flags("test", [NewFlag("minority", "Halle Berry", "Halle Berry/2071.png", "Halle Berry", 0, 0.2)])
+        own = store.image_ids(["Halle Berry/2071.png"])["Halle Berry/2071.png"]
+    at = app(reviewer="ana", view="Identity", identity="Halle Berry")
+    assert ":red[**minority**]: looks like it belongs here: keep?" in texts(at)
+    assert not [b for b in at.button if b.key == f"mv_{own}"]  # no "Move to Halle Berry"
+    assert not any("Move to Halle Berry" in b.label for b in at.button)
+    at.button(key="accept_all").click().run()
+    assert "1 kept" in shown(at.success[0]) and "1 removed" in shown(at.success[0])  # own-folder flag kept
+    at = app(reviewer="ana", view="Identity", identity="Jennifer A")
+    at.button(key="keep_all").click().run()
+    assert "rejected 1 flag(s)" in shown(at.success[0])
+    with LabelStore.open(work) as store:
+        assert store.flags(kind="merge").status.item() == "resolved"
+        assert store.history(limit=1)[0].action == "keep"
+    at = app(reviewer="ana", view="Identity", identity="Hugh Laurie")
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert heat["zmid"] == pytest.approx(EDGE) and heat["zmin"] + heat["zmax"] == pytest.approx(2 * EDGE)
+    assert heat["colorscale"][0][1] != heat["colorscale"][-1][1]  # a diverging scale, from red to blue
+    z = heat["z"]  # plotly ships numpy arrays base64-encoded
+    z = np.frombuffer(base64.b64decode(z["bdata"]), z["dtype"]).reshape([int(n) for n in z["shape"].split(",")])
+    off = z[~np.eye(len(z), dtype=bool)]
+    assert max(abs(off - EDGE)) == pytest.approx(heat["zmax"] - EDGE, abs=1e-6)
+
+
+def test_information_order_marks_the_sample_and_the_overview_estimates_from_answers(work):
+    at = app(reviewer="ana", view="Queue")
+    at.radio(key="queue_order").set_value("information").run()
+    assert at.query_params["order"] == "information" and "information:" in texts(at)
+    at.button(key="open_0").click().run()
+    assert "Sample for the estimate" in texts(at)
+    name = at.session_state["identity"]
+    at.button(key="sample_reject").click().run()
+    assert "kept 1 photo(s)" in shown(at.success[0])
+    with LabelStore.open(work) as store:
+        decision = store.history(limit=1)[0]
+        assert decision.action == "keep" and len(decision.flag_ids) >= 1
+    ov = app(reviewer="ana", view="Overview")
+    metrics = {m.label: m.value for m in ov.get("metric")}
+    assert metrics["Answers it rests on"] == "1" and metrics["Estimated precision of the open flags"].endswith("%")
+    assert "0.0%" == metrics["Estimated precision of the open flags"]  # one answer, rejected: every band borrows it
+    assert "Reviewer throughput" in [s.value for s in ov.subheader] and name
 
 
 # ---- user strings are shown literally -----------------------------------------------------------------------------

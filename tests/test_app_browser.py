@@ -165,3 +165,55 @@ def test_hostile_names_render_as_plain_text_in_the_browser(tmp_path, glint_dir, 
             "return Array.from(document.querySelectorAll('.js-plotly-plot .xtick text')).map(t => t.textContent)"
         )
         assert any(t.startswith(file_name[:20]) for t in ticks), ticks  # plotly shows the name's <i> as text
+
+
+def test_keys_drive_the_identity_page_wherever_the_focus_is(server, browser):
+    """Issue 15: N after a decision did nothing (Streamlit ignores its shortcuts while a checkbox has the focus)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, work = server
+    with LabelStore.open(work) as store:
+        outlier = store.image_ids([OUTLIER])[OUTLIER]
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+
+    def header() -> str:
+        return browser.execute_script("return document.querySelector('[data-testid=stMain] h2')?.innerText || ''")
+
+    def body() -> str:
+        return browser.execute_script("return document.body.innerText")
+
+    def press(key: str) -> None:
+        ActionChains(browser).send_keys(key).perform()
+
+    browser.get(f"{url}/?{urllib.parse.urlencode({'reviewer': 'ana', 'view': 'Identity', 'identity': 'Hugh Laurie'})}")
+    wait.until(lambda d: "Keys:" in body() and "N next identity" in body())  # the shortcut list is shown
+    click = lambda css: wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, css))).click()  # noqa: E731
+    click(".st-key-split_-1, [data-testid='stExpander'] summary")  # open the split expander: a text field
+    field = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, ".st-key-split_name_-1 input")))
+    field.click()
+    press("n")  # typing in a text field types
+    time.sleep(1.5)
+    assert header() == "Hugh Laurie" and field.get_attribute("value").endswith("n")
+    press(Keys.ESCAPE)  # leaves the field
+    click(f".st-key-pick_{outlier} label")  # the checkbox has the focus: Streamlit's own shortcuts ignore keys now
+    wait.until(lambda d: "1 selected" in body())
+    press("x")
+    wait.until(lambda d: "removed 1 photo(s)" in body())
+    with LabelStore.open(work) as store:
+        assert store.images(ids=[outlier]).removed.item() == 1
+    press("n")
+    wait.until(lambda d: header() not in ("", "Hugh Laurie"))
+    second = header()
+    press("p")
+    wait.until(lambda d: header() == "Hugh Laurie")
+    press("n")
+    wait.until(lambda d: header() == second)
+    press("a")  # accept every suggestion on this identity
+    wait.until(lambda d: "accepted the suggestions" in body())
+    with LabelStore.open(work) as store:
+        assert store.flags(identity=second, status="open").image_id.dropna().empty
+        assert store.history(limit=1)[0].batch is not None

@@ -96,3 +96,34 @@ def test_synthetic_embeddings_shape_and_noise():
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["score", str(tmp_path), str(tmp_path / "truth.json")]) == 2
     assert "flags.csv" in capsys.readouterr().err
+
+
+def test_flag_truth_says_which_flags_a_reviewer_who_knew_would_confirm():
+    from curation.flagging.noise import flag_truth
+
+    ids = _ids(20, 10)
+    plan = plan_noise(ids, fraction=0.1, seed=3)
+    truth = plan.truth("src", 3)
+    moved = next(d for d, (_, _, k) in plan.photos.items() if k == "moved")
+    kept = next(d for d, (_, _, k) in plan.photos.items() if k == "kept")
+    dup = next(d for d, (_, _, k) in plan.photos.items() if k == "duplicate")
+    original = next(d for d, (s, _, k) in plan.photos.items() if k == "kept" and s == plan.photos[dup][0])
+    mismatch = next(d for d, (_, _, like) in plan.fakes.items() if not like)
+    mirror = next(d for d, (_, _, like) in plan.fakes.items() if like)
+    a, b = plan.split["folders"]
+    rows = [
+        ("outlier", f"data/{moved}", None, None, "{}", True),  # the path as ingested may have a prefix
+        ("minority", kept, None, None, "{}", False),
+        ("duplicate", dup, None, None, json.dumps({"duplicate_of": original}), True),
+        ("duplicate", kept, None, None, json.dumps({"duplicate_of": original}), kept == original),
+        ("fake_mismatch", mismatch, None, None, "{}", True),
+        ("fake_mismatch", mirror, None, None, "{}", False),
+        ("merge", None, a, b, "{}", True),
+        ("merge", None, a, plan.merged["folder"], "{}", False),
+        ("split", None, plan.merged["folder"], None, "{}", True),
+        ("split", None, a, None, "{}", False),
+        ("no_face", kept, None, None, "{}", False),
+        ("outlier", "nowhere/x.jpg", None, None, "{}", False),
+    ]
+    flags = pd.DataFrame([r[:5] for r in rows], columns=["kind", "image", "identity", "suggested_identity", "details"])
+    assert flag_truth(flags, truth).tolist() == [r[5] for r in rows]

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from labels.store import FoundImage, LabelStore, NewFlag, StoreError, UndoConflict
+from labels.store import DecisionRequest, FoundImage, LabelStore, NewFlag, StoreError, UndoConflict
 
 IDENTITIES = ("A", "B", "C")
 
@@ -134,6 +134,35 @@ def test_undo_refuses_when_a_later_live_decision_touched_the_photo_even_if_it_lo
     store.undo(kept, reviewer="bob")
     store.undo(removed, reviewer="ana")  # the later one undone: no longer live, so the undo goes through
     assert _labels(store)["B/1.jpg"] == ("B", 0, 0)
+
+
+def test_a_batch_is_all_or_none_and_each_of_its_decisions_undoes_alone(store):
+    a0, a1, b0 = _ids(store, "A/0.jpg", "A/1.jpg", "B/0.jpg")
+    store.replace_flags("clean", [NewFlag("outlier", "A", "A/0.jpg"), NewFlag("outlier", "A", "A/1.jpg")])
+    before = _labels(store)
+    store.decide("remove", reviewer="bo", image_ids=[a1])  # answers A/1's flag
+    with pytest.raises(StoreError, match="nothing to change"):
+        store.decide_many([DecisionRequest("remove", (a0,)), DecisionRequest("remove", (a1,))], reviewer="ana",
+                          strict=True)
+    assert len(store.history()) == 1 and _labels(store)["A/0.jpg"] == before["A/0.jpg"]  # none of them recorded
+    ids = store.decide_many([DecisionRequest("remove", (a0,)), DecisionRequest("move", (b0,), target_identity="C")],
+                            reviewer="ana", strict=True)
+    assert store.batch(ids[0]) == ids and {d.batch for d in store.history(limit=2)} == {ids[0]}
+    assert _labels(store)["A/0.jpg"] == ("A", 0, 1) and _labels(store)["B/0.jpg"] == ("C", 0, 0)
+    store.undo(ids[1], reviewer="ana")  # one of a batch, alone
+    assert _labels(store)["B/0.jpg"] == ("B", 0, 0)
+    with pytest.raises(StoreError, match="already undone"):
+        store.undo_many(ids, reviewer="ana")  # all or none: A/0 stays removed
+    assert _labels(store)["A/0.jpg"] == ("A", 0, 1)
+    later = store.decide("mark_fake", reviewer="bo", image_ids=[a0])
+    with pytest.raises(UndoConflict, match=f"#{later}"):
+        store.undo_many([ids[0]], reviewer="ana")
+    undos = store.undo_many([later, ids[0]], reviewer="ana")  # the later one first, inside one set
+    assert len(undos) == 2 and store.batch(undos[0]) == undos and _labels(store)["A/0.jpg"] == before["A/0.jpg"]
+    db = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.execute("DELETE FROM decision_batches")
+    db.close()
 
 
 def test_bad_decisions_are_refused_and_record_nothing(store):

@@ -323,6 +323,46 @@ def score(flags: pd.DataFrame, truth: dict) -> dict:
     }
 
 
+def flag_truth(flags: pd.DataFrame, truth: dict) -> np.ndarray:
+    """Whether each flag is right by the planted truth: what a reviewer who knew the truth would confirm.
+
+    flags: one row per flag with kind, image (path as ingested; None for identity-level flags), identity,
+    suggested_identity and details (JSON text or dict), as `LabelStore.flags()` gives them.
+    - outlier, minority: the photo shows someone other than its folder's person (moved, copied or merged in);
+    - duplicate: the photo and its `duplicate_of` are copies of one source photo;
+    - fake_mismatch: the deepfake stand-in shows someone else (not a mirrored photo of the folder's person);
+    - merge: both folders hold the same person; split: the folder holds two people (the merged pair);
+    - no_face: wrong (every photo planted here shows a face: a detector miss, which a reviewer keeps); unreadable:
+      right. A flag on a photo the truth does not know, or of a kind not listed, counts as wrong.
+    """
+    photos, fakes, folder_person = truth["photos"], truth["fakes"], truth["folder_person"]
+    merged = truth["merged"]["folder"]
+
+    def source(image) -> str | None:
+        key = _key(image)
+        entry = photos.get(key) or fakes.get(key)
+        return entry["source"] if entry else None
+
+    def right(f) -> bool:
+        key = _key(f.image) if isinstance(f.image, str) else None
+        if f.kind in ("outlier", "minority"):
+            return key in photos and photos[key]["person"] != folder_person.get(key.split("/")[0])
+        if f.kind == "duplicate":
+            details = json.loads(f.details) if isinstance(f.details, str) else dict(f.details or {})
+            mine, other = source(f.image), source(details.get("duplicate_of", ""))
+            return mine is not None and mine == other
+        if f.kind == "fake_mismatch":
+            return key in fakes and not fakes[key]["looks_like_folder"]
+        if f.kind == "merge":
+            a, b = folder_person.get(f.identity), folder_person.get(f.suggested_identity)
+            return a is not None and a == b
+        if f.kind == "split":
+            return f.identity == merged
+        return f.kind == "unreadable"
+
+    return np.array([right(f) for f in flags.itertuples()], dtype=bool)
+
+
 def format_score(s: dict) -> str:
     """The figures as a short block of text for the terminal."""
 

@@ -23,12 +23,18 @@ Example:
 """
 from __future__ import annotations
 
-from curation.review.actions import Outcome, apply_action, history_lines, split_name, undo_decision
+from curation.review.actions import (
+    Outcome, Suggestion, accept_suggestions, apply_action, history_lines, keep_all, split_name, suggestions,
+    undo_decision, undo_decisions
+)
 from curation.review.identity import IdentityView, SECTIONS, heatmap_figure, identity_preview, identity_view
-from curation.review.overview import Overview, flag_counts_figure, overview, similarity_histogram_figure
+from curation.review.overview import (
+    Overview, flag_counts_figure, overview, rates_figure, rates_table, similarity_histogram_figure, throughput
+)
+from curation.review.simulate import SimulatedReview, simulate_review
 from curation.review.queue import (
-    QueueSnapshot, flag_worth, load_position, next_identity, queue_page, queue_snapshot, save_position,
-    summarize_report
+    ORDERS, QueueSnapshot, flag_worth, load_position, next_identity, previous_identity, queue_page, queue_snapshot,
+    rank_by_information, save_position, summarize_report
 )
 from curation.review.runs import (
     HISTORY_FILE, METRICS_FILE, evaluation_figures, evaluation_table, find_runs, read_history, scores_figure,

@@ -184,24 +184,38 @@ def identity_preview(store: LabelStore, clean: CleanResult | None, identity: str
     return photos.head(n).rename(columns={"id": "image_id"}).reset_index(drop=True)
 
 
-def heatmap_figure(view: IdentityView) -> go.Figure | None:
-    """Plotly heatmap of the identity's similarity matrix, with lines between components; None without embeddings."""
+def heatmap_figure(view: IdentityView, threshold: float | None = None) -> go.Figure | None:
+    """Plotly heatmap of the identity's similarity matrix, with lines between components; None without embeddings.
+
+    threshold: the clean's edge threshold. The colour scale diverges from it (blue above: an edge, same person; red
+    below: no edge) and spans the largest distance of an off-diagonal cosine from it on both sides, so same / different
+    shows at a glance for any embedder (dlib's cosines all lie in 0.8-1.0). Without a threshold, 0..1 in one hue.
+    """
     if view.similarity is None or not len(view.heatmap_ids):
         return None
     photos = view.photos.set_index("image_id").loc[view.heatmap_ids]
     # plotly renders a subset of HTML in labels and titles: names are escaped so they show as they are
     labels = [f"{html.escape(Path(p).name)} (c{'' if pd.isna(c) else int(c)})" for p, c in zip(photos.path, photos.component)]
+    sim = view.similarity
+    if threshold is None:
+        scale = {"zmin": -1 if sim.min() < 0 else 0, "zmax": 1, "colorscale": "Viridis"}
+        bar = "cosine"
+    else:
+        off = sim[~np.eye(len(sim), dtype=bool)]
+        reach = float(np.max(np.abs(off - threshold))) if off.size else 0.05
+        reach = max(reach, 0.01)
+        scale = {"zmin": threshold - reach, "zmax": threshold + reach, "zmid": threshold, "colorscale": "RdBu"}
+        bar = f"cosine (edge {threshold:.3f})"
     fig = go.Figure(
         go.Heatmap(
-            z=view.similarity, x=labels, y=labels, zmin=-1 if view.similarity.min() < 0 else 0, zmax=1,
-            colorscale="Viridis", colorbar={"title": "cosine"},
+            z=sim, x=labels, y=labels, **scale, colorbar={"title": bar},
             hovertemplate="%{y}<br>%{x}<br>cosine %{z:.3f}<extra></extra>",
         )
     )
     comps = photos.component.fillna(-1).to_numpy()
     for k in np.flatnonzero(comps[1:] != comps[:-1]) + 0.5:
-        fig.add_hline(y=k, line={"color": "white", "width": 2})
-        fig.add_vline(x=k, line={"color": "white", "width": 2})
+        fig.add_hline(y=k, line={"color": "black", "width": 2})
+        fig.add_vline(x=k, line={"color": "black", "width": 2})
     n = len(labels)
     fig.update_layout(
         title=f"{html.escape(view.identity)}: similarity ordered by component", height=min(900, 240 + 14 * n),

@@ -1,8 +1,13 @@
 """The review queue: which identities to look at first, a page of it at a time, and where each reviewer left off.
 
-Why ranked by worth: a reviewer's time is the scarce resource. A split or a merge relabels a whole identity, a wrong
-photo usually belongs to someone else; the queue puts the flags whose answer changes the most training pairs first,
-and ranks within a kind by how far the score lies past its threshold. The clean's report gives the thresholds.
+Two orders, because a reviewer's time is the scarce resource and is spent for one of two ends:
+- "worth": fix the most damaging errors first. A split or a merge relabels a whole identity, a wrong photo usually
+  belongs to someone else; the queue puts the flags whose answer changes the most training pairs first, and ranks
+  within a kind by how far the score lies past its threshold (the clean's report gives the thresholds).
+- "information": learn how right the remaining flags are with as few answers as possible, then apply the rest with a
+  known error rate (`export --unreviewed apply`). The identity first in line holds a flag of the score band whose
+  answer would narrow the estimate of the open flags' precision most (labels.estimate.band_priorities), picked at
+  random within the band so the answers stay a fair sample; once every band is known well enough, worth order.
 """
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from labels.estimate import band_priorities, with_bands
 from labels.store import LabelStore
 from labels.vocab import FLAG_KINDS
+
+ORDERS = ("worth", "information")
 
 
 # Thresholds that are cosines (drawn on the similarity histogram); curation.clean's merge threshold is a share of
@@ -116,6 +124,43 @@ def _ranked(flags: pd.DataFrame, summary: ReportSummary) -> pd.DataFrame:
     return _order(frame)
 
 
+def draw(flag_ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A fixed pseudo-random number in [0, 1) per flag id: the order within a band that keeps a sample fair, the same
+    in every session (so a page reload does not reshuffle) and different per seed (for simulations)."""
+    x = (np.asarray(flag_ids, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B9)) * np.uint64(2654435761)
+    return (x % np.uint64(2**32)).astype(float) / 2**32
+
+
+def rank_by_information(
+    flags: pd.DataFrame, summary: ReportSummary, kinds: Sequence[str] | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """Identities with open flags (of `kinds`), in the "information" order (see the module docstring).
+
+    flags: every flag, banded (labels.estimate.with_bands), with id, identity, kind, score, status (and image_id).
+    Returns identity, worth, n_open, priority (of the identity's most informative open flag, the *sample*; 0 once its
+    band is tight), reason (the sample's kind and band), flag_id and image_id (the sample's). The estimate stays fair
+    when the reviewer answers the sample (the identity page marks it): the other flags of an identity come with it,
+    not at random, and answering them all leans the sample towards identities with many flags.
+    """
+    prio = band_priorities(flags)[["kind", "band", "priority"]]
+    open_ = flags[flags.status.eq("open")]
+    if kinds is not None and set(kinds) != set(FLAG_KINDS):
+        open_ = open_[open_.kind.isin(list(kinds))]
+    if open_.empty:
+        return pd.DataFrame(columns=["identity", "worth", "n_open", "priority", "reason", "flag_id", "image_id"])
+    f = open_.merge(prio, on=["kind", "band"], how="left").fillna({"priority": 0.0})
+    f["worth"] = flag_worth(f, summary)
+    f["draw"] = np.where(f.priority > 0, draw(f.id.to_numpy(), seed), 0.0)
+    per_identity = f.groupby("identity", sort=False).agg(worth=("worth", "sum"), n_open=("kind", "size"))
+    best = f.sort_values(["priority", "draw"], ascending=[False, True], kind="stable").drop_duplicates("identity")
+    best = best.assign(reason=[f"{k} band {b}" if b >= 0 else f"{k} (no score)" for k, b in zip(best.kind, best.band)])
+    best = best.assign(flag_id=best.id, image_id=best.image_id if "image_id" in best else None)
+    frame = best[["identity", "priority", "draw", "reason", "flag_id", "image_id"]].join(per_identity, on="identity")
+    frame = frame.sort_values(["priority", "draw", "worth", "identity"], ascending=[False, True, False, True],
+                              kind="stable")
+    return frame[["identity", "worth", "n_open", "priority", "reason", "flag_id", "image_id"]].reset_index(drop=True)
+
+
 @dataclass(frozen=True)
 class QueueSnapshot:
     """The whole review queue, ordered, as of one store version; `queue_snapshot(previous=...)` brings it up to date.
@@ -125,10 +170,11 @@ class QueueSnapshot:
     snapshot is refreshed by recomputing just those rows; new flags (a new clean) or another report mean a full pass.
     """
 
-    frame: pd.DataFrame  # identity, worth, n_open; ordered by worth desc, then identity
+    frame: pd.DataFrame  # identity, worth, n_open (+ priority, reason in information order); in queue order
     kinds: tuple[str, ...]
     version: tuple[int, int, int]  # LabelStore.version() when taken
-    basis: tuple  # the thresholds and spread the worth was computed with
+    basis: tuple  # the order, and the thresholds and spread the worth was computed with
+    order: str = "worth"
 
     @property
     def total(self) -> int:
@@ -156,29 +202,36 @@ def queue_snapshot(
     summary: ReportSummary,
     *,
     kinds: Sequence[str] | None = None,
+    order: str = "worth",
     previous: QueueSnapshot | None = None,
 ) -> QueueSnapshot:
-    """Identities with open flags, most worth reviewing first (sum over their open flags of severity x uncertainty).
+    """Identities with open flags, in `order`: "worth" (most worth reviewing first: sum over their open flags of
+    severity x uncertainty) or "information" (`rank_by_information`).
 
-    `kinds` limits the queue to those flag kinds. Pass the last snapshot as `previous` to update it incrementally:
-    unchanged when the store did not change, only the identities touched by new decisions (and undos) recomputed when
-    only decisions were added. Ties are broken by identity name so the order is stable between reruns.
+    `kinds` limits the queue to those flag kinds. Pass the last snapshot as `previous` to update it: unchanged when the
+    store did not change; in worth order only the identities touched by new decisions (and undos) are recomputed when
+    only decisions were added (in information order every answer moves every band's priority: a full pass). Ties are
+    broken by identity name so the order is stable between reruns.
     Example: `snap = queue_snapshot(store, summarize_report(report), kinds=["minority"]); snap.frame.head(25)`.
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     kinds = tuple(kinds or FLAG_KINDS)
     version = store.version()
-    basis = (tuple(sorted(summary.thresholds.items())), summary.impostor_spread)
+    basis = (order, tuple(sorted(summary.thresholds.items())), summary.impostor_spread)
     same_basis = previous is not None and previous.kinds == kinds and previous.basis == basis
     if same_basis and previous.version == version:
         return previous
-    if same_basis and previous.version[1:] == version[1:]:  # only decisions since: recompute what they touched
+    if order == "information":
+        frame = rank_by_information(with_bands(store.flag_answers()), summary, kinds)
+    elif same_basis and previous.version[1:] == version[1:]:  # only decisions since: recompute what they touched
         touched = store.identities_answered_since(previous.version[0])
         fresh = _ranked(store.open_flag_scores(kinds=kinds, identities=touched), summary)
         kept = previous.frame[~previous.frame.identity.isin(touched)]
         frame = _insert_ordered(kept, fresh) if len(fresh) else kept.reset_index(drop=True)
     else:
         frame = _ranked(store.open_flag_scores(kinds=kinds), summary)
-    return QueueSnapshot(frame, kinds, version, basis)
+    return QueueSnapshot(frame, kinds, version, basis, order)
 
 
 @dataclass(frozen=True)
@@ -221,6 +274,22 @@ def next_identity(snapshot: QueueSnapshot, current: str | None, rank: int) -> tu
     if current in window:
         rank = start + window.index(current) + 1
     return (window[rank - start], rank) if rank - start < len(window) else (None, rank)
+
+
+def previous_identity(snapshot: QueueSnapshot, current: str | None, rank: int) -> tuple[str | None, int]:
+    """The identity before `current` in the queue, and its rank (the counterpart of `next_identity`).
+
+    While `current` still sits at (or next to) its rank, the one before it; once it left the queue, the one before
+    the rank it had. (None, 0) at the head of the queue.
+    """
+    rank = max(0, int(rank))
+    start = max(0, rank - 1)
+    window = snapshot.frame.identity.iloc[start : start + 3].tolist()
+    at = start + window.index(current) if current in window else rank
+    if at == 0 or not len(snapshot.frame):
+        return None, 0
+    at = min(at, len(snapshot.frame))
+    return snapshot.frame.identity.iloc[at - 1], at - 1
 
 
 def save_position(store: LabelStore, reviewer: str, position: dict) -> None:
