@@ -112,7 +112,8 @@ def time_app_pages(root: Path, identity: str) -> None:
     sys.argv = ["app.py", "--workdir", str(root)]
     app = str(Path(__file__).resolve().parents[1] / "app.py")
     print("whole app reruns (AppTest, warm caches):")
-    for view, extra in (("Queue", {}), ("Identity", {"identity": identity}), ("Overview", {})):
+    for view, extra in (("Queue", {}), ("Queue", {"order": "information"}), ("Identity", {"identity": identity}),
+                        ("Overview", {})):
         at = AppTest.from_file(app, default_timeout=600)
         at.query_params.update(reviewer="bench", view=view, **extra)
         t = time.perf_counter()
@@ -121,7 +122,8 @@ def time_app_pages(root: Path, identity: str) -> None:
         if at.exception:
             print(f"  {view}: {at.exception[0].value}")
             continue
-        timed(f"{view} page rerun (first run {first * 1000:.0f} ms)", at.run, 3)
+        label = view + (f" ({extra['order']})" if "order" in extra else "")
+        timed(f"{label} page rerun (first run {first * 1000:.0f} ms)", at.run, 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         snap = timed("queue_snapshot, full pass (after a clean / filter)", lambda: rv.queue_snapshot(store, summary))
         timed("queue_snapshot filtered to minority, full pass",
               lambda: rv.queue_snapshot(store, summary, kinds=["minority"]))
+        timed("queue_snapshot, information order (after each decision)",
+              lambda: rv.queue_snapshot(store, summary, order="information"))
         print("queue page (every rerun):")
         timed("queue_snapshot, store unchanged", lambda: rv.queue_snapshot(store, summary, previous=snap), 3)
         first = snap.frame.identity.iloc[0]

@@ -169,7 +169,7 @@ def _whole_page_bar(sess: common.Session, view: rv.IdentityView) -> None:
     """Accept every suggestion on the page, or keep everything: one keystroke per identity."""
     proposed, left = rv.suggestions(view)
     n_flags = len(view.open_flag_ids(view.flagged_ids())) + len(view.identity_flags)
-    bar = st.columns([2, 2, 5], vertical_alignment="center")
+    bar = st.columns([3, 1, 4], vertical_alignment="center")
     bar[0].button(f"Accept all suggestions here ({len(proposed)})", key="accept_all", type="primary",
                   disabled=not proposed, on_click=_whole_page, args=(sess, rv.accept_suggestions, view),
                   help="Each flagged photo gets what its flags suggest (remove, move, or keep when it looks like it "

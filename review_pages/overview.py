@@ -71,7 +71,8 @@ def _estimate(ov: rv.Overview) -> None:
     st.caption(f"{e.describe()} · 95% interval of the real errors: {e.right_low:,.0f}-{e.right_high:,.0f} of "
                f"{e.n_flags:,} open flags. `export --unreviewed apply` states the same estimate for what it applies.")
     per_kind = e.per_kind.assign(
-        precision=[_pct(x) for x in e.per_kind.precision],
+        precision=[_pct(x) + ("" if n else " (borrowed: no answer of this kind yet)")
+                   for x, n in zip(e.per_kind.precision, e.per_kind.n_reviewed)],
         interval=[f"{_pct(lo)}-{_pct(hi)}" if lo is not None and lo == lo else "-" for lo, hi in
                   zip(e.per_kind.low, e.per_kind.high)],
         real_errors=[f"{x:,.0f}" if x is not None and x == x else "-" for x in e.per_kind.right],

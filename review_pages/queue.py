@@ -46,15 +46,16 @@ def render(sess: common.Session) -> None:
     st.session_state.queue_offset = offset
     page = rv.queue_page(sess.store, snap, offset=offset, limit=PAGE_SIZE)
     st.write(f"**{snap.total:,}** identities to review · showing {offset + 1:,}-{offset + len(page.rows):,}")
+    info = "reason" in page.rows
     header = st.columns([1, 4, 1, 1, 4, 1])
-    for col, title in zip(header, ["#", "identity", "worth", "photos", "open flags", ""]):
+    for col, title in zip(header, ["#", "identity", "sample" if info else "worth", "photos", "open flags", ""]):
         col.caption(title)
     for i, row in enumerate(page.rows.itertuples()):
         rank = offset + i
         cols = st.columns([1, 4, 1, 1, 4, 1], vertical_alignment="center")
         cols[0].write(f"{rank + 1}")
         cols[1].write(f"**{common.lit(row.identity)}**" + (" ← you were here" if row.identity == st.session_state.get("identity") else ""))
-        cols[2].write(f"{row.worth:.2f}")
+        cols[2].write(row.reason if info else f"{row.worth:.2f}")
         cols[3].write(f"{int(row.n_photos) if row.n_photos == row.n_photos else 0}")
         cols[4].write(row.open_flags)
         cols[5].button("Open", key=f"open_{rank}", on_click=common.open_identity, args=(row.identity, rank))

@@ -142,23 +142,32 @@ def rank_by_information(
     when the reviewer answers the sample (the identity page marks it): the other flags of an identity come with it,
     not at random, and answering them all leans the sample towards identities with many flags.
     """
-    prio = band_priorities(flags)[["kind", "band", "priority"]]
+    cols = ["identity", "worth", "n_open", "priority", "reason", "flag_id", "image_id"]
+    prio = band_priorities(flags)
     open_ = flags[flags.status.eq("open")]
     if kinds is not None and set(kinds) != set(FLAG_KINDS):
         open_ = open_[open_.kind.isin(list(kinds))]
     if open_.empty:
-        return pd.DataFrame(columns=["identity", "worth", "n_open", "priority", "reason", "flag_id", "image_id"])
-    f = open_.merge(prio, on=["kind", "band"], how="left").fillna({"priority": 0.0})
-    f["worth"] = flag_worth(f, summary)
-    f["draw"] = np.where(f.priority > 0, draw(f.id.to_numpy(), seed), 0.0)
-    per_identity = f.groupby("identity", sort=False).agg(worth=("worth", "sum"), n_open=("kind", "size"))
-    best = f.sort_values(["priority", "draw"], ascending=[False, True], kind="stable").drop_duplicates("identity")
-    best = best.assign(reason=[f"{k} band {b}" if b >= 0 else f"{k} (no score)" for k, b in zip(best.kind, best.band)])
-    best = best.assign(flag_id=best.id, image_id=best.image_id if "image_id" in best else None)
-    frame = best[["identity", "priority", "draw", "reason", "flag_id", "image_id"]].join(per_identity, on="identity")
+        return pd.DataFrame(columns=cols)
+    by_band = pd.Series(prio.priority.to_numpy(dtype=float), index=pd.MultiIndex.from_frame(prio[["kind", "band"]]))
+    p = by_band.reindex(pd.MultiIndex.from_arrays([open_.kind, open_.band])).fillna(0.0).to_numpy()
+    d = np.where(p > 0, draw(open_.id.to_numpy(), seed), 0.0)
+    codes, names = pd.factorize(open_.identity)
+    worth = np.bincount(codes, weights=flag_worth(open_, summary), minlength=len(names))
+    n_open = np.bincount(codes, minlength=len(names))
+    order = np.lexsort((d, -p))  # most informative first, at random within a band
+    _, first = np.unique(codes[order], return_index=True)
+    best = order[first]  # per identity code (np.unique sorts the codes): its sample flag's row
+    kind, band = open_.kind.to_numpy()[best], open_.band.to_numpy()[best]
+    frame = pd.DataFrame({
+        "identity": names, "worth": worth, "n_open": n_open, "priority": p[best], "draw": d[best],
+        "reason": [f"{k} band {b}" if b >= 0 else f"{k} (no score)" for k, b in zip(kind, band)],
+        "flag_id": open_.id.to_numpy()[best],
+        "image_id": open_.image_id.to_numpy()[best] if "image_id" in open_ else None,
+    })
     frame = frame.sort_values(["priority", "draw", "worth", "identity"], ascending=[False, True, False, True],
                               kind="stable")
-    return frame[["identity", "worth", "n_open", "priority", "reason", "flag_id", "image_id"]].reset_index(drop=True)
+    return frame[cols].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -238,7 +247,7 @@ def queue_snapshot(
 class QueuePage:
     """One page of the review queue and the number of identities in the whole queue."""
 
-    rows: pd.DataFrame  # identity, worth, n_open, n_photos, open_flags (e.g. "2 minority, 1 outlier")
+    rows: pd.DataFrame  # identity, worth, n_open, n_photos, open_flags (e.g. "2 minority, 1 outlier") [, reason]
     total: int
     offset: int
 
@@ -259,7 +268,8 @@ def queue_page(store: LabelStore, snapshot: QueueSnapshot, *, offset: int = 0, l
         text.setdefault(ident, []).append(f"{n} {kind}")
     rows = rows.assign(n_photos=[counts.get(i, np.nan) for i in rows.identity])
     rows["open_flags"] = [", ".join(text.get(i, [])) for i in rows.identity]
-    return QueuePage(rows[["identity", "worth", "n_open", "n_photos", "open_flags"]], snapshot.total, offset)
+    extra = ["reason"] if "reason" in rows else []  # information order: why the identity is here (its sample)
+    return QueuePage(rows[["identity", "worth", "n_open", "n_photos", "open_flags", *extra]], snapshot.total, offset)
 
 
 def next_identity(snapshot: QueueSnapshot, current: str | None, rank: int) -> tuple[str | None, int]:
