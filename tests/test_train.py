@@ -103,7 +103,7 @@ def test_reconcile_drops_what_a_killed_run_wrote_after_its_last_save(tmp_path):
     # The run went on to step 300 (a new best) and was killed before its state was written.
     run.append_history({"step": 300, "eer": 0.1})
     kept, _ = run.keep_checkpoint(kept, 300, 0.1, 5, _saver(300))
-    (run.checkpoints / ".step_00000400.pt.abc.tmp").write_text("half a file")
+    (run.checkpoints / f".{kept[0].file}.0a1b2c3d.tmp").write_text("half a file")  # an atomic_write cut short
     assert run.best.read_text() == "weights of step 300"
     run.reconcile(200, saved)
     assert [r["step"] for r in run.history()] == [100, 200]
@@ -221,6 +221,12 @@ def test_cli_refuses_bad_input_with_one_line(glint_work, tmp_path, capsys):
     assert "bad.pt" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "never"), "--resume"]) == 2
     assert "no run to resume" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "my_model.pt").write_text("a checkpoint of mine")  # what prune used to delete
+    assert main([str(glint_work), "--init", "random", "--out", str(mine), "--aligned", "--quiet"]) == 2
+    assert f"{mine} is not empty and holds no manifest.json" in capsys.readouterr().err
+    assert [str(p.relative_to(mine)) for p in mine.rglob("*")] == ["checkpoints", "checkpoints/my_model.pt"]
     try:
         import wandb  # noqa: F401  (only its absence is tested here)
     except ImportError:

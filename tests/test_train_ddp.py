@@ -110,7 +110,7 @@ def test_only_rank_0_logs_and_writes_the_run_folder(runs):
     history = json.loads((ref / "performance_history.json").read_text())
     assert [r["step"] for r in history] == [0, 4]  # two writers would have appended each record twice
     assert sorted(p.name for p in ref.iterdir()) == [
-        "best.pt", "checkpoints", "config.json", "last.pt", "performance_history.json", "state"]
+        "best.pt", "checkpoints", "config.json", "last.pt", "manifest.json", "performance_history.json", "state"]
     assert [p.name for p in (ref / "state").iterdir()] == ["step_00000004.pt"]
     assert len(list((ref / "checkpoints").iterdir())) == 1 and not list(ref.rglob("*.tmp"))
     state = torch.load(ref / "state" / "step_00000004.pt", weights_only=True)
