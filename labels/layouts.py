@@ -27,7 +27,7 @@ import json
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,7 +253,7 @@ def _label_files(layout: Layout, files: list[str], excluded: tuple[Path, ...]) -
         by_nfc: dict[str, str] | None = None
         meta = _read_meta(layout.labels_file)
         for key, value in meta.items():
-            rel, problem = _relative(key)
+            rel, problem = _relative(key, listed.__contains__)
             if rel is not None and rel not in listed:
                 if by_nfc is None:  # a meta.json written on macOS may spell accents differently from the disk
                     by_nfc = {unicodedata.normalize("NFC", f): f for f in files}
@@ -317,12 +317,20 @@ def _pairs_without_conflicts(pairs: list[tuple[str, object]]) -> dict:
 
 
 # ---- path checks shared by meta.json keys and CSV rows --------------------------------------------------------------
-def _relative(text: str) -> tuple[str | None, str | None]:
-    """A user-written path as a clean '/'-separated relative path, or (None, why it is refused)."""
+def _relative(text: str, exists: Callable[[str], bool] = lambda rel: False) -> tuple[str | None, str | None]:
+    """A user-written path as a clean '/'-separated relative path, or (None, why it is refused).
+
+    Backslashes and a leading 'X:' are read the Windows way (folders, a drive) unless the path as written names a
+    file that `exists`: on Linux 'a\\b.jpg' is a legal file name, and an export of it must re-ingest.
+    """
     if not text.strip():
         return None, "empty path"
     if "\x00" in text:
         return None, "path contains a NUL character"
+    literal = [p for p in text.split("/") if p not in ("", ".")]
+    if ("\\" in text or text[1:2] == ":") and literal and ".." not in literal and not text.startswith("/"):
+        if exists("/".join(literal)):
+            return "/".join(literal), None
     norm = text.replace("\\", "/")  # lists written on Windows
     if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":" and norm[0].isalpha()):
         return None, "absolute path (paths must be relative to the dataset)"
@@ -361,7 +369,7 @@ def _read_csv(path: Path, root: Path, excluded: tuple[Path, ...]) -> tuple[list[
     entries, refused = [], []
     for line, raw_path, identity, is_fake in rows:
         where = f"{path.name} line {line} {json.dumps(raw_path, ensure_ascii=False)}"
-        rel, problem = _relative(raw_path)
+        rel, problem = _relative(raw_path, lambda r: os.path.lexists(root / r))
         if rel is not None:
             problem = _file_problem(root, rel, excluded, identity_folder=False)
         if problem is None:

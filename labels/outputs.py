@@ -13,8 +13,9 @@ training run, curation.evaluate; curation.predict's files) now follows one rule,
   and a file that exists but is not listed is never overwritten;
 - deleting takes exactly the listed files (and `atomic_write` temporaries of them), then the folders left empty;
   anything else stays where it is and is reported (`unlisted`, `remove_all`);
-- `replacing(out, ...)` builds a new folder beside OUT and swaps it in, so OUT is always the old output or the whole
-  new one; leftovers of a killed run (hidden `.OUT.partial-PID` / `.OUT.old-PID`) are swept on the next run.
+- `replacing(out, ...)` builds a new folder beside OUT and swaps it in (one atomic exchange on Linux, two renames
+  elsewhere), so OUT is always the old output or the whole new one; leftovers of a killed run (hidden
+  `.OUT.partial-PID` / `.OUT.old-PID`) are swept on the next run.
 
 Files another writer manages (an embedding cache, TensorBoard logs) live in `managed` sub-folders: their contents are
 neither listed nor ever deleted from here.
@@ -27,13 +28,14 @@ Example:
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from labels.cli import UserError
 from labels.files import atomic_write, temp_target, write_json
@@ -51,8 +53,11 @@ class OutputFolderError(UserError):
 
 def _rel(text: str, where: str) -> str:
     """A clean relative '/'-separated path inside the folder, or OutputFolderError."""
-    parts = PurePosixPath(str(text).replace("\\", "/")).parts
-    if not parts or str(text).startswith(("/", "\\")) or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+    text = str(text)
+    windows = os.name == "nt"  # there '\\' separates folders and 'C:x' is on another disk; elsewhere both are names
+    parts = (PureWindowsPath if windows else PurePosixPath)(text).parts
+    drive = windows and PureWindowsPath(text).drive
+    if drive or not parts or text.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise OutputFolderError(f"{where}: {text!r} is not a path inside the folder")
     return "/".join(parts)
 
@@ -305,7 +310,7 @@ def _read_manifest(path: Path) -> dict:
         raise OutputFolderError(f'{not_ours} (no "tool": "{TOOL}" signature); choose another folder')
     version = manifest.get("manifest_version")
     if not isinstance(version, int) or version > MANIFEST_VERSION:
-        raise OutputFolderError(f"{path}: manifest version {version!r}; this version of the tool reads {MANIFEST_VERSION}")
+        raise OutputFolderError(f"{path}: manifest version {version!r}; this tool reads version {MANIFEST_VERSION}")
     for key in ("files", "managed"):
         listed = manifest.get(key, [])
         if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
@@ -321,6 +326,21 @@ def _read_manifest(path: Path) -> dict:
 
 # ---- replacing a whole folder -------------------------------------------------------------------------------------
 _SIBLING = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)$")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _alive(pid: int) -> bool:
@@ -380,7 +400,9 @@ def replacing(out: str | Path, command: str, *, overwrite: bool = False) -> Iter
     Before: OUT must be absent, empty or (with `overwrite`) an earlier output of `command` holding only what it listed
     (see `check_replaceable`); leftovers of killed runs are swept. On success OUT is the new folder and the old one's
     listed files are deleted (`yield`ed folder's `.root` is OUT, `.notes` says what was kept and why); on an
-    exception the new folder is removed and OUT is untouched. A kill at any moment leaves OUT whole (old or new).
+    exception the new folder is removed and OUT is untouched. A kill at any moment leaves OUT whole, the old output or
+    the new (where folders cannot be exchanged in one step, a kill between the two renames leaves OUT absent, with
+    both beside it; the next run builds OUT again and sweeps them).
     """
     out = Path(out).expanduser().absolute()
     check_replaceable(out, command, overwrite)
@@ -402,18 +424,21 @@ def replacing(out: str | Path, command: str, *, overwrite: bool = False) -> Iter
         if old is None:
             os.rename(build, out)  # replaces an empty OUT in one step
         else:
-            os.rename(out, aside)
-            try:
-                os.rename(build, out)
-            except OSError:
-                os.rename(aside, out)
-                raise
-            old.root = aside
+            if _exchange(build, out):  # OUT is the old export, then the new one: never missing, never half
+                old.root, new.root = build, out
+            else:
+                os.rename(out, aside)
+                try:
+                    os.rename(build, out)
+                except OSError:
+                    os.rename(aside, out)
+                    raise
+                old.root, new.root = aside, out
             left = old.remove_all()
             if left:
-                notes.append(f"{aside} kept: {', '.join(left[:_SHOW])} appeared in {out} while it was being replaced")
+                notes.append(f"{old.root} kept: {', '.join(left[:_SHOW])} appeared in {out} while it was replaced")
     except BaseException:
-        if build.exists():
+        if new.root == build and build.exists():
             new.remove_all()
         raise
     new.root = out
