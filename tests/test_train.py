@@ -23,6 +23,7 @@ from curation.training.loop import train, train_step
 from curation.training.run_folder import Kept, RunFolder, update_top_k
 from embeddings import build_backbone, load_backbone
 from embeddings.losses import AdaptiveMarginPairLoss
+from labels.outputs import OutputFolder
 from tests.conftest import REPO, copy_identities
 
 
@@ -207,6 +208,8 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_result(glint_work, refer
     history = json.loads((out / "performance_history.json").read_text())
     assert [r["step"] for r in history] == [0, 2, 4]
     assert not list(out.rglob("*.tmp"))
+    owned = OutputFolder.inspect(out, "curation.train_on_clean")  # every file of the run is listed, and exists
+    assert owned.unlisted() == [] and all((out / f).is_file() for f in owned.files)
 
 
 def test_cli_refuses_bad_input_with_one_line(glint_work, tmp_path, capsys):
