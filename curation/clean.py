@@ -37,7 +37,7 @@ from curation.flagging.demo import DownloadError, fetch_lfw
 from curation.flagging.graph import take_rows
 from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.pipeline import ENGINES
-from labels.cli import UserError, run_cli
+from labels.cli import UserError, command_parser, run_command
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
 
 SOURCE = "clean"
@@ -382,12 +382,11 @@ def offer_review(work: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m curation.clean",
-        description="Flag mislabelled photos, duplicates, merged/split identities and mismatched deepfakes in a "
+    p = command_parser(
+        "python -m curation.clean",
+        "Flag mislabelled photos, duplicates, merged/split identities and mismatched deepfakes in a "
         "face dataset. Nothing is removed: flags are proposals for the review app or export.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
+        EPILOG,
     )
     p.add_argument("data", nargs="?", help="dataset folder (identity folders [+ meta.json], or images/ + meta.json); "
                    "omit for the demo")
@@ -495,8 +494,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return run_cli(lambda: _run(args), interrupted=RESUME_HINT)
+    return run_command(_parser(), argv, _run, interrupted=RESUME_HINT)
 
 
 if __name__ == "__main__":

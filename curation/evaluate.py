@@ -11,8 +11,8 @@ Modes:
   command says so (the challenge would have scored that file wrongly) and still scores it by pair_id.
 - `--pairs PAIRS.csv --model SPEC --root DIR --out DIR`: a model on labelled image pairs (`img1,img2,label[,type]`,
   paths relative to --root, refused when they leave it). Each distinct image is aligned and embedded once through the
-  cached embedding pass, pairs are scored by cosine (`curation.predict.score_pairs`, the scoring `curation.predict`
-  uses). Pairs with an image that could not be embedded (missing, unreadable, no face found) are *excluded* from the
+  cached embedding pass, pairs are scored by cosine (`curation.scoring.pair_scores.score_pairs`, the scoring
+  `curation.predict` uses). Pairs with an image that could not be embedded (missing, unreadable, no face found) are *excluded* from the
   metrics: they are counted, the first few named, all listed in DIR/excluded_pairs.csv and counted in metrics.json's
   source. (A submission would give them a fallback score; here that would measure the fallback, not the model.)
 - `--compare RUN ...`: one table of several runs' metrics (folders holding metrics.json, or training run folders holding
@@ -42,7 +42,7 @@ from curation.scoring.evaluate import COMMAND, EvaluationOutput, evaluate_scores
 from curation.scoring.metrics import Curve
 from curation.scoring.pair_scores import read_pairs, score_pairs
 from curation.scoring.tables import join_by_pair_id, read_labels, read_submission, read_truth
-from labels.cli import UserError, run_cli
+from labels.cli import UserError, command_parser, run_cli
 from labels.outputs import OutputFolder
 
 EPILOG = """examples:
@@ -76,13 +76,12 @@ DIR/excluded_pairs.csv. Other columns are ignored. --out DIR must be absent, emp
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m curation.evaluate",
-        description="Score a submission against ground truth, or a model on labelled image pairs (EER in the "
+    p = command_parser(
+        "python -m curation.evaluate",
+        "Score a submission against ground truth, or a model on labelled image pairs (EER in the "
         "bob.measure and the organisers' conventions, TAR@FAR, per-type error rates, ROC/DET plots), or compare "
         "several runs in one table.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--scores", type=Path, metavar="SUBMISSION.csv",

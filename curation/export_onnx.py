@@ -13,7 +13,7 @@ from embeddings.onnx_export import (
     DEFAULT_OPSET, OPSETS, PARITY_GOAL, check_parity, export_onnx, read_check_crops, synthetic_crops,
 )
 from embeddings.preprocess import ONNX_CONVENTION_KEY
-from labels.cli import run_cli
+from labels.cli import command_parser, run_cli
 
 EPILOG = """examples:
   python -m curation.export_onnx adaface_ir101_webface12m.ckpt --out ir101.onnx
@@ -27,13 +27,12 @@ exit codes: 0 exported and parity within --tolerance; 1 exported but parity abov
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m curation.export_onnx",
-        description="Export an IR backbone checkpoint (AdaFace .ckpt, CVLFace model.pt / model.safetensors, a "
+    parser = command_parser(
+        "python -m curation.export_onnx",
+        "Export an IR backbone checkpoint (AdaFace .ckpt, CVLFace model.pt / model.safetensors, a "
         "state_dict, or a train_on_clean run's .pt) to ONNX with a dynamic batch axis, then check onnxruntime "
         "against torch. Output 'features' is the raw 512-d embedding: L2-normalise it before cosine.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     parser.add_argument("checkpoint", type=Path, help="the backbone checkpoint to export")
     parser.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx", help="the .onnx file to write")

@@ -2,23 +2,21 @@
 `curation.training.fakes` for how they are made, and how weak they are next to real deepfakes)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from curation.training.fakes import KINDS, make_fakes
-from labels.cli import run_cli
+from labels.cli import command_parser, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m curation.fakes",
-        description="Make synthetic deepfakes (landmark-aligned face swaps and morphs) of every identity of a dataset"
+    parser = command_parser(
+        "python -m curation.fakes",
+        "Make synthetic deepfakes (landmark-aligned face swaps and morphs) of every identity of a dataset"
         " that has none, and write the dataset with them (meta.json marks them fake). They are far weaker than"
         " diffusion/GAN deepfakes: good for exercising the pipeline, not for training a deployed model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""examples:
+        """examples:
   python -m curation.fakes ~/data/lfw --out ~/data/lfw_fakes
   python -m curation.fakes ~/data/lfw --out ~/data/lfw_fakes --per-identity 2 --kinds swap
   python -m curation.fakes ~/data/lfw --out ~/data/lfw_fakes --kinds morph --morph-weight 0.7

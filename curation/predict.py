@@ -33,7 +33,7 @@ from pathlib import Path
 
 from curation.cli import RESUME_HINT, add_embedding_options, check_embedding_options
 from curation.scoring.predict import FALLBACK_SCORE, manifest_name, predict_pairs, problems_path
-from labels.cli import run_cli
+from labels.cli import command_parser, run_command
 from labels.outputs import OutputFolder
 
 COMMAND = "curation.predict"
@@ -57,12 +57,11 @@ Exit code 2 means bad input (a message names the file and the reason).
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m curation.predict",
-        description="Score every pair of a face-verification test set (cosine of the embeddings of its two photos) "
+    p = command_parser(
+        "python -m curation.predict",
+        "Score every pair of a face-verification test set (cosine of the embeddings of its two photos) "
         "into a pair_id,similarity submission CSV.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     p.add_argument("test_dir", type=Path, metavar="TEST_DIR",
                    help="the test set: TEST_DIR/images/<pair_id>/{0.jpg,1.jpg}, or the root of --pairs' paths")
@@ -98,8 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return run_cli(lambda: _run(args), interrupted=RESUME_HINT)
+    return run_command(_parser(), argv, _run, interrupted=RESUME_HINT)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from curation.training.config import CHOICES, DATA_ORDER_KEYS, ConfigError, Trai
 from curation.training.distributed import World
 from curation.training.loop import TrainResult, train
 from curation.training.run_folder import RunFolder
-from labels.cli import UserError, run_cli
+from labels.cli import UserError, command_parser, run_cli
 
 
 # ---- command line ---------------------------------------------------------------------------------------------------
@@ -92,13 +92,11 @@ embeddings.load_backbone, or pass them to --init / --model ir:<arch>:<file>), ch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m curation.train_on_clean",
-        description="Fine-tune an IR face backbone on cleaned labels: same-person / different-person / own-deepfake "
+    parser = command_parser(
+        "python -m curation.train_on_clean",
+        "Fine-tune an IR face backbone on cleaned labels: same-person / different-person / own-deepfake "
         "pairs, adaptive-margin loss, validation by EER with errors per pair type.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
+        _EPILOG, argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("data", nargs="?", metavar="DATA", help="work folder (labels.sqlite) or dataset folder")
     parser.add_argument("--init", metavar="CKPT", help="pretrained backbone checkpoint, or 'random' (warns)")

@@ -58,33 +58,13 @@ class WorkFolder:
             )
         return cls(root)
 
-    @property
-    def store(self) -> Path:
-        return self.root / STORE_NAME
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.json"
-
-    @property
-    def flags(self) -> Path:
-        return self.root / "flags.csv"
-
-    @property
-    def clean_dir(self) -> Path:
-        return self.root / "clean"
-
-    @property
-    def nodes(self) -> Path:
-        return self.clean_dir / "nodes.parquet"
-
-    @property
-    def embeddings(self) -> Path:
-        return self.clean_dir / "embeddings.npy"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
+    store = property(lambda self: self.root / STORE_NAME)
+    report = property(lambda self: self.root / "report.json")
+    flags = property(lambda self: self.root / "flags.csv")
+    clean_dir = property(lambda self: self.root / "clean")
+    nodes = property(lambda self: self.root / "clean" / "nodes.parquet")
+    embeddings = property(lambda self: self.root / "clean" / "embeddings.npy")
+    cache = property(lambda self: self.root / "cache")
 
 
 # ---- report.json ----------------------------------------------------------------------------------------------------

@@ -7,20 +7,22 @@ common base must be importable from all of them, and `labels` imports nothing of
 Rules:
 - Raise `UserError` (or a subclass: `StoreError`, `LayoutError`, `CheckpointError`, ...) for anything the user can fix:
   the message names the file or option and the reason.
-- A command's `main(argv)` parses its arguments and hands the rest to `run_cli`, which prints a `UserError` as
-  `error: <message>` (exit 2), an interrupt as one line (exit 130), and lets everything else raise with its traceback:
-  a bug must never be dressed up as a user's mistake.
+- A command's `main(argv)` is `run_command(parser, argv, run)`: it parses the arguments and hands the rest to
+  `run_cli`, which prints a `UserError` as `error: <message>` (exit 2), an interrupt as one line (exit 130), and lets
+  everything else raise with its traceback: a bug must never be dressed up as a user's mistake.
 
 Example:
     >>> def main(argv=None) -> int:
-    ...     args = parser.parse_args(argv)
-    ...     return run_cli(lambda: run(args), interrupted="run the same command again to resume")
+    ...     parser = command_parser("python -m curation.predict", "Score every pair ...", EPILOG)
+    ...     parser.add_argument("test_dir")
+    ...     return run_command(parser, argv, run, interrupted="run the same command again to resume")
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 # OS errors that say something about the user's machine or paths (a read-only or full disk, a missing folder, no
 # permission), not about the code: reported in one line naming the file.
@@ -68,3 +70,18 @@ def run_cli(body: Callable[[], int | None], *, interrupted: str = "", prefix: st
         print(f"{prefix}error: {message}", file=sys.stderr)
         return 2
     return 0 if code is None else int(code)
+
+
+def command_parser(prog: str, description: str, epilog: str = "", **kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser as every command has it: `prog` as the user types it, the epilog's examples kept as written."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def run_command(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, body: Callable[[argparse.Namespace], int | None],
+    *, interrupted: str = "",
+) -> int:
+    """Parse `argv` with `parser` (argparse exits 2 on its own errors), then `run_cli(body(args))`."""
+    args = parser.parse_args(argv)
+    return run_cli(lambda: body(args), interrupted=interrupted)

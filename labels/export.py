@@ -19,7 +19,6 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import errno
 import json
@@ -37,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from labels.cli import UserError, run_cli
+from labels.cli import UserError, command_parser, run_cli
 from labels.layouts import META_NAME, identity_problem
 from labels.outputs import MANIFEST, OutputFolderError, check_replaceable, replacing
 from labels.store import STORE_NAME, LabelStore
@@ -460,11 +459,10 @@ Hard links share their bytes with the source photos: edit a copy, never an expor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m labels.export",
-        description="Write the cleaned dataset (the decision log applied to the ingested photos) to a new folder.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        "python -m labels.export",
+        "Write the cleaned dataset (the decision log applied to the ingested photos) to a new folder.",
+        _EPILOG,
     )
     parser.add_argument("workdir", metavar="WORK", help="the work folder holding labels.sqlite")
     parser.add_argument("--out", required=True, help="the folder to write (must be empty or absent, see --overwrite)")

@@ -20,7 +20,6 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import csv as csvlib
 import io
 import os
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from labels.cli import UserError, run_cli
+from labels.cli import UserError, command_parser, run_cli
 from labels.files import atomic_write, file_sha256
 from labels.imagefile import ImageError, check_image
 from labels.layouts import SKIP_KINDS, Entry, Layout, Refused, Skipped, read_layout
@@ -349,11 +348,10 @@ decisions already made are kept. Nothing in DATA is ever modified.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m labels.ingest",
-        description="Record every photo of a dataset (checked, hashed, labelled as found) in WORK/labels.sqlite.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        "python -m labels.ingest",
+        "Record every photo of a dataset (checked, hashed, labelled as found) in WORK/labels.sqlite.",
+        _EPILOG,
     )
     parser.add_argument("data", nargs="?", help="the dataset folder (identity folders, or images/ + meta.json)")
     parser.add_argument("--workdir", required=True, help="the work folder (created if needed) holding labels.sqlite")

@@ -171,6 +171,7 @@ def reference_run(glint_work, tmp_path_factory):
     return out, dict(zip(result.steps, result.losses))
 
 
+@pytest.mark.slow
 def test_stopping_at_step_k_and_resuming_gives_the_same_next_step(glint_work, reference_run, tmp_path):
     ref_out, ref_losses = reference_run
     out = tmp_path / "run"
@@ -187,6 +188,7 @@ def test_stopping_at_step_k_and_resuming_gives_the_same_next_step(glint_work, re
     assert json.loads((out / "config.json").read_text())["max_steps"] == 4
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_result(glint_work, reference_run, tmp_path):
     ref_out, _ = reference_run
     out = tmp_path / "run"

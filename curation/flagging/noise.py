@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from labels.cli import UserError, run_cli
+from labels.cli import UserError, command_parser, run_cli
 from labels.imagefile import ImageError, is_image_name, read_rgb
 
 TRUTH_NAME = "truth.json"
@@ -346,11 +346,10 @@ def format_score(s: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m curation.flagging.noise",
-        description="Plant known label noise in clean identity folders, and score a clean run against it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Example:")[1],
+    parser = command_parser(
+        "python -m curation.flagging.noise",
+        "Plant known label noise in clean identity folders, and score a clean run against it.",
+        __doc__.split("Example:")[1],
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plant", help="build a noisy copy of clean identity folders (+ truth.json)")
