@@ -46,12 +46,11 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _run(args: list[str], point: str | None = None, log: Path | None = None, kill_when=None) -> tuple[int, str]:
+def _run(args: list[str], point: str | None, log: Path, kill_when=None) -> tuple[int, str]:
     """Run `python -m MODULE ARGS` (killed at `point`, see tests.faults, or by this test when `kill_when()` turns true);
     returns (exit code, stdout + stderr). Leftover worker processes of the run are ended by their process group."""
     cmd = [sys.executable, "-m", *(["tests.faults", point, "--"] if point else []), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    log = log or Path(f"/tmp/facecur-faults-{os.getpid()}.log")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
@@ -106,7 +105,8 @@ def test_clean_killed_at_every_stage_reruns_to_the_same_outputs(noisy_set, tmp_p
     data = noisy_set
     before = {p: _sha(p) for p in data.rglob("*") if p.is_file()}
     options = ["--no-progress", "--batch-size", "4", "--workers", "1"]
-    ref_code, ref_text = _run(["curation.clean", str(data), "--workdir", str(tmp_path / "ref"), *options])
+    ref_code, ref_text = _run(["curation.clean", str(data), "--workdir", str(tmp_path / "ref"), *options], None,
+                              tmp_path / "ref.log")
     assert ref_code == 0, ref_text
     total = _embedded_now(ref_text)
     reference = (tmp_path / "ref" / "flags.csv").read_bytes()
@@ -150,7 +150,7 @@ def test_clean_killed_at_every_stage_reruns_to_the_same_outputs(noisy_set, tmp_p
     pd.testing.assert_frame_equal(pd.read_parquet(work / "clean" / "nodes.parquet"),
                                   pd.read_parquet(tmp_path / "ref" / "clean" / "nodes.parquet"))
 
-    code, text = _run(args, log=tmp_path / "run.log")
+    code, text = _run(args, None, tmp_path / "run.log")
     assert code == 0, text
     assert _embedded_now(text) == 0
     assert (work / "flags.csv").read_bytes() == reference
