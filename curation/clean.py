@@ -10,7 +10,8 @@ Three ways in:
   verified; curation.flagging.demo) or `--from DIR`, any folder of identity folders.
 
 Outputs in WORK: labels.sqlite (flags of source 'clean', replaced as a set each run; reviewers' answers are kept),
-flags.csv, report.json, clean/nodes.parquet + clean/embeddings.npy (see ARCHITECTURE.md). Embeddings are cached under
+flags.csv (every open flag of the store, ingest's unreadable files and exact duplicates included), report.json (its
+counts are flags.csv's), clean/nodes.parquet + clean/embeddings.npy (see ARCHITECTURE.md). Embeddings are cached under
 WORK/cache by content hash, so a killed or repeated run re-embeds nothing it finished.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from curation.flagging.demo import DownloadError, fetch_lfw
 from curation.flagging.graph import take_rows
 from curation.review.queue import summarize_report
 from curation.review.simulate import SimulatedReview, simulate_review
-from curation.workfolder import FLAG_COLUMNS, WorkFolder, write_embeddings, write_flags, write_nodes, write_report
+from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.pipeline import ENGINES
 from labels.cli import UserError, command_parser, run_command
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
@@ -60,7 +61,7 @@ EPILOG = """examples:
 class CleanOutcome:
     workdir: Path
     report: dict
-    flags: pd.DataFrame  # flags.csv as written
+    flags: pd.DataFrame  # flags.csv as written: every open flag of the store
     messages: list[str] = field(default_factory=list)
 
 
@@ -179,7 +180,6 @@ def _flag_and_write(
     t0 = time.perf_counter()
     paths = images.path.to_numpy(dtype=object)
     new_flags: list[NewFlag] = []
-    csv_rows = []
     for f in res.flags.itertuples(index=False):
         image = paths[f.row] if f.row >= 0 else None
         details = dict(f.details)
@@ -188,7 +188,6 @@ def _flag_and_write(
         comp = None if pd.isna(f.component) else int(f.component)
         sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
         new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
-        csv_rows.append((image or "", f.identity, f.flag, comp, sugg or "", f.score))
     for i in np.flatnonzero(~valid):
         s = str(status_arr[i])
         if s.startswith("unreadable_at_ingest"):
@@ -196,11 +195,9 @@ def _flag_and_write(
         kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
         if kind:
             new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
-            csv_rows.append((paths[i], images.identity.iat[i], kind, None, "", None))
     store.replace_flags(SOURCE, new_flags)
-    flags_df = pd.DataFrame(csv_rows, columns=FLAG_COLUMNS)
     folder = WorkFolder(work)
-    write_flags(folder, flags_df)
+    flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
 
     emb_row = np.full(len(images), -1, np.int64)
     emb_row[valid] = np.arange(int(valid.sum()))

@@ -38,12 +38,12 @@ import pandas as pd
 from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, check_embedding_options
 from curation.scoring import plots
 from curation.scoring.compare import compare_table, format_table
-from curation.scoring.evaluate import EvaluationOutput, evaluate_scores
+from curation.scoring.evaluate import COMMAND, EvaluationOutput, evaluate_scores
 from curation.scoring.metrics import Curve
 from curation.scoring.pair_scores import read_pairs, score_pairs
 from curation.scoring.tables import join_by_pair_id, read_labels, read_submission, read_truth
 from labels.cli import UserError, command_parser, run_cli
-from labels.files import atomic_write
+from labels.outputs import OutputFolder
 
 EPILOG = """examples:
   # score a submission with the challenge's metrics (rows joined by pair_id; a warning when the order differs from
@@ -69,7 +69,8 @@ EPILOG = """examples:
 files: SUBMISSION.csv has columns pair_id,similarity (higher = same person); TRUTH.csv has pair_id,label (1 same person,
 0 not) and optionally type (e.g. same, different, own_fake). PAIRS.csv has img1,img2,label[,type]; pairs whose image
 cannot be embedded (missing, unreadable, no face) are left out of the metrics, named in the summary and listed in
-DIR/excluded_pairs.csv. Other columns are ignored. Exit code 2 means bad input.
+DIR/excluded_pairs.csv. Other columns are ignored. --out DIR must be absent, empty or an earlier evaluation folder
+(DIR/manifest.json lists every file written there; nothing else in DIR is ever replaced). Exit code 2 means bad input.
 """
 
 
@@ -152,7 +153,11 @@ def _run_pairs(args) -> int:
     pairs = read_pairs(args.pairs, root, ("img1", "img2", "label"), id_column=None)
     labelled = read_labels(pairs, args.pairs)
     embedder = build_embedder(args.model, args.device)
-    scored = score_pairs(root, pairs["img1"], pairs["img2"], embedder, cache_dir=args.cache or args.out / "cache",
+    owned = OutputFolder.claim(args.out, COMMAND)  # before the embedding pass: a refused --out costs nothing
+    cache = args.cache or args.out / "cache"
+    if cache.absolute().is_relative_to(owned.root):
+        owned.manage(cache.absolute().relative_to(owned.root).as_posix())
+    scored = score_pairs(root, pairs["img1"], pairs["img2"], embedder, cache_dir=cache,
                          detector=args.detector, aligned=args.aligned, batch_size=args.batch_size,
                          workers=args.workers, progress=not args.no_progress)
     print(f"embedding ({scored.cache_id}): {scored.summary}")
@@ -160,8 +165,7 @@ def _run_pairs(args) -> int:
     bad = scored.problems["pair"].to_numpy(np.int64)  # one row per image without an embedding
     excluded = pd.concat([pairs[["img1", "img2"]].iloc[bad].reset_index(drop=True),
                           labelled.iloc[bad].reset_index(drop=True), scored.problems[["image", "status"]]], axis=1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / EXCLUDED_NAME, lambda tmp: excluded.to_csv(tmp, index=False))
+    owned.write(EXCLUDED_NAME, lambda tmp: excluded.to_csv(tmp, index=False))
     if not ok.all():
         print(f"{scored.describe_problems()}: excluded from the metrics, listed in {args.out / EXCLUDED_NAME}")
     source = {"mode": "pairs", "pairs": str(args.pairs), "root": str(root), "model": args.model,
@@ -185,10 +189,9 @@ def _run_compare(args) -> int:
     table, runs = compare_table(args.compare, args.pick)
     print(format_table(table))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out / "compare.csv", lambda tmp: table.to_csv(tmp))
-        atomic_write(args.out / "compare.md", format_table(table, markdown=True))
-        written = [args.out / "compare.csv", args.out / "compare.md"]
+        owned = OutputFolder.claim(args.out, COMMAND)
+        written = [owned.write("compare.csv", lambda tmp: table.to_csv(tmp)),
+                   owned.write("compare.md", format_table(table, markdown=True))]
         curves = {name: Curve.from_dict(m["curve"]) for name, m in runs.items() if isinstance(m.get("curve"), dict)}
         notes = []
         if curves:
@@ -196,7 +199,7 @@ def _run_compare(args) -> int:
                      if "eer_far" in runs[name] and "eer_frr" in runs[name]}
             figures = (("roc", plots.roc_figure(curves, marks=marks)), ("det", plots.det_figure(curves, marks=marks)))
             for stem, fig in figures:
-                files, note = plots.save_figure(fig, args.out / stem)
+                files, note = plots.save_figure(fig, args.out / stem, owned)
                 written += files
                 if note and note not in notes:
                     notes.append(note)

@@ -14,7 +14,9 @@ Inputs (paths never leave TEST_DIR):
   order (the order its ground truth has, presumably).
 
 Outputs: OUT (`pair_id,similarity`) and OUT's `.problems.csv` sibling (`pair_id,image,status`, one row per image that
-could not be embedded; header only when there was none), both written atomically. The pair-scoring step itself,
+could not be embedded; header only when there was none), both written atomically, and OUT's `.manifest.json` sibling
+(what was scored with what, and the two files: an existing OUT is replaced only when that manifest lists it, so a file
+predict did not write is never overwritten; labels.outputs). The pair-scoring step itself,
 `score_pairs`, is shared with `python -m curation.evaluate --model ... --pairs ...`.
 
 Example:
@@ -30,9 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from curation.cli import RESUME_HINT, add_embedding_options, check_embedding_options
-from curation.scoring.predict import FALLBACK_SCORE, predict_pairs, problems_path
+from curation.scoring.predict import FALLBACK_SCORE, manifest_name, predict_pairs, problems_path
 from labels.cli import command_parser, run_command
-from labels.files import atomic_write
+from labels.outputs import OutputFolder
+
+COMMAND = "curation.predict"
 
 EPILOG = """examples:
   # the challenge's test layout (images/<pair_id>/0.jpg, 1.jpg) with an AdaFace IR-101 checkpoint, on the GPU if any
@@ -72,14 +76,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     check_embedding_options(args)
+    listed = problems_path(args.out)
+    owned = OutputFolder.claim(args.out.parent, COMMAND, manifest_name=manifest_name(args.out), shared=True)
+    owned.check(args.out.name, listed.name)  # refuses, before any work, an OUT this command did not write
     pred = predict_pairs(
         args.test_dir, args.model, cache_dir=args.cache or args.out.parent / "cache", pairs_csv=args.pairs,
         aligned=args.aligned, detector=args.detector, device=args.device, batch_size=args.batch_size,
         workers=args.workers, fallback_score=args.fallback_score, progress=not args.no_progress,
     )
-    atomic_write(args.out, lambda tmp: pred.scores.to_csv(tmp, index=False))
-    listed = problems_path(args.out)
-    atomic_write(listed, lambda tmp: pred.problems.to_csv(tmp, index=False))
+    owned.write(args.out.name, lambda tmp: pred.scores.to_csv(tmp, index=False))
+    owned.write(listed.name, lambda tmp: pred.problems.to_csv(tmp, index=False))
+    owned.save(test_dir=str(args.test_dir), pairs=str(args.pairs or ""), model=args.model, n_pairs=len(pred.scores),
+               n_fallback=int(pred.problems["pair_id"].nunique()), fallback_score=pred.fallback_score)
     print(pred.summary)
     print(f"scored {len(pred.scores):,} pairs from {args.pairs or args.test_dir}")
     if pred.problem_summary:

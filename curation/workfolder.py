@@ -8,7 +8,7 @@ reader never sees half a file and a killed clean leaves the previous outputs who
 Layout (see ARCHITECTURE.md):
     WORK/labels.sqlite            the label store (labels.store)
     WORK/report.json              the last clean's counts, thresholds, noise estimate, timings
-    WORK/flags.csv                one row per open flag (FLAG_COLUMNS)
+    WORK/flags.csv                one row per open flag of the store, whichever stage raised it (FLAG_COLUMNS)
     WORK/clean/nodes.parquet      one row per image of the last clean (NODE_COLUMNS at least)
     WORK/clean/embeddings.npy     float16 unit rows; row `emb_row` of nodes.parquet (memory-mapped by the app)
     WORK/cache/                   crops and embeddings by content hash (embeddings.cache)
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from labels.cli import UserError
 from labels.files import atomic_write, write_json
-from labels.store import STORE_NAME
+from labels.store import STORE_NAME, LabelStore
 
 # flags.csv, one row per open flag of the store.
 FLAG_COLUMNS = ["image", "identity", "flag", "component", "suggested_identity", "score"]
@@ -97,11 +97,27 @@ def write_report(work: WorkFolder, report: dict) -> Path:
 
 
 # ---- flags.csv ------------------------------------------------------------------------------------------------------
-def write_flags(work: WorkFolder, flags: pd.DataFrame) -> Path:
-    """Write flags.csv: the FLAG_COLUMNS of `flags`, in that order (a missing column is a bug in the caller)."""
-    table = flags[FLAG_COLUMNS].copy()
-    table["component"] = table["component"].astype("Int64")
-    return atomic_write(work.flags, lambda tmp: table.to_csv(tmp, index=False))
+def write_flags(work: WorkFolder, store: LabelStore) -> pd.DataFrame:
+    """Write flags.csv from the store: every open flag, whichever stage raised it (ingest's unreadable files and exact
+    duplicates as well as the clean's), in the store's order; returns the table as written.
+
+    Read back from the store rather than handed over by a stage, so that flags.csv is always exactly what a reviewer
+    has left to answer, whichever stages ran and in whatever order.
+    """
+    flags = store.flags(status="open")
+    table = pd.DataFrame(
+        {
+            "image": flags["image"].fillna("").astype(str),
+            "identity": flags["identity"].astype(str),
+            "flag": flags["kind"].astype(str),
+            "component": flags["component"].astype("Int64"),
+            "suggested_identity": flags["suggested_identity"].fillna("").astype(str),
+            "score": flags["score"].astype(float),
+        },
+        columns=FLAG_COLUMNS,
+    )
+    atomic_write(work.flags, lambda tmp: table.to_csv(tmp, index=False))
+    return table
 
 
 def read_flags(work: WorkFolder) -> pd.DataFrame:

@@ -5,8 +5,9 @@ Why it works this way:
   calls it too, so a model is never trained on labels an export would not produce;
 - flags nobody reviewed are either left alone (`keep`) or acted on per `labels.vocab.AUTO_ACTIONS` (`apply`), in memory
   only: an unattended pipeline gets a cleaned set without anyone's name on decisions they never made;
-- the output is built in a hidden sibling folder and swapped in at the end, so a failed or killed export leaves no
-  half-written dataset, and `--overwrite` only ever replaces an earlier export (a folder holding manifest.json);
+- the output is built in a hidden sibling folder and swapped in at the end (`labels.outputs.replacing`), so a failed
+  or killed export leaves no half-written dataset; `--overwrite` replaces only an earlier export, deletes exactly the
+  files its manifest lists, and refuses a folder holding anything else;
 - every destination path is built from checked identity names and file names, so nothing is written outside --out;
 - `manifest.json` says what changed relative to the source and which decisions (or auto-applied flags) did it.
 
@@ -38,12 +39,13 @@ from tqdm import tqdm
 from labels.cli import UserError, command_parser, run_cli
 from labels.estimate import PrecisionEstimate, estimate_precision, with_bands
 from labels.layouts import META_NAME, identity_problem
+from labels.outputs import MANIFEST, OutputFolderError, check_replaceable, replacing
 from labels.store import STORE_NAME, LabelStore
 from labels.vocab import AUTO_ACTIONS
 
 FORMATS = ("folders", "meta", "csv")
 POLICIES = ("keep", "apply")
-MANIFEST = "manifest.json"
+COMMAND = "labels.export"
 CSV_NAME = "labels.csv"
 # Errors after which a hard link cannot work here (another file system, links not supported): copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
@@ -71,6 +73,7 @@ class ExportSummary:
     n_open_left: int  # open flags nothing was done about
     left_out: dict[str, int] = field(default_factory=dict)  # 'unreadable' / 'missing' -> photos
     files: dict[str, int] = field(default_factory=dict)  # 'hardlink' / 'copy' -> files written
+    notes: list[str] = field(default_factory=list)  # what was left beside OUT and why (see labels.outputs)
     seconds: float = 0.0
     applied_estimate: PrecisionEstimate | None = None  # unreviewed='apply': how many of the applied flags are right
 
@@ -90,6 +93,7 @@ class ExportSummary:
             lines.append(f"  unreviewed flags: {self.n_open_left:,} open flags left as they are (--unreviewed keep)")
         if self.left_out:
             lines.append("  also left out: " + ", ".join(f"{n:,} {why}" for why, n in sorted(self.left_out.items())))
+        lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"  what changed and why: {self.out / MANIFEST} (done in {self.seconds:.1f} s)")
         return "\n".join(lines)
 
@@ -213,8 +217,10 @@ def export(
 
     fmt: 'folders' (OUT/<identity>/<file> hard links + OUT/meta.json), 'meta' (the challenge layout:
     OUT/images/<identity>/<n>.<ext> + OUT/meta.json) or 'csv' (OUT/labels.csv, paths relative to the dataset root).
-    Each also writes OUT/manifest.json. Both photo formats re-ingest as they are (`python -m labels.ingest OUT`).
-    overwrite: replace OUT when it is not empty, but only if it holds a manifest.json (an earlier export).
+    Each also writes OUT/manifest.json (the tool's signature, every file written, what changed and why). Both photo
+    formats re-ingest as they are (`python -m labels.ingest OUT`).
+    overwrite: replace OUT when it holds an earlier export, deleting exactly the files that export listed; a folder
+    holding anything else is refused (see labels.outputs).
     Raises ExportError (bad option, unsafe OUT, identity that cannot be a folder, source changed since ingest).
 
     Example:
@@ -243,20 +249,18 @@ def export(
             "labels_file": store.get_meta("labels_file", ""),
             "workdir": str(workdir),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
         try:
-            tmp.mkdir()
-            files = _write_dataset(store, kept, known, tmp, fmt, progress)
-            applied = {f for fl in labels.auto_flags for f in fl}
-            manifest = _manifest(meta, fmt, unreviewed, labels, kept, everything, files, len(open_flags) - len(applied))
-            estimate = _applied_estimate(store, applied) if unreviewed == "apply" else None
-            if estimate is not None:
-                manifest["applied_flags_estimate"] = {**estimate.to_dict(), "summary": estimate.describe()}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            _swap_in(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with replacing(out, COMMAND, overwrite=overwrite) as new:
+                new.add(*_listed_files(kept, fmt))
+                files = _write_dataset(store, kept, known, new.root, fmt, progress)
+                n_left = len(open_flags) - len({f for fl in labels.auto_flags for f in fl})
+                manifest = _manifest(meta, fmt, unreviewed, labels, kept, everything, files, n_left)
+                estimate = _applied_estimate(store, labels) if unreviewed == "apply" else None
+                if estimate is not None:
+                    manifest["applied_flags_estimate"] = {**estimate.to_dict(), "summary": estimate.describe()}
+                new.save(**manifest)
+        except OutputFolderError as exc:
+            raise ExportError(str(exc)) from None
     counts = manifest["counts"]
     return ExportSummary(
         out=out,
@@ -273,15 +277,16 @@ def export(
         n_open_left=counts["open_flags_left"],
         left_out={k: counts[k] for k in ("unreadable", "missing") if counts[k]},
         files=files,
+        notes=new.notes,
         seconds=time.perf_counter() - started,
         applied_estimate=estimate,
     )
 
 
-def _applied_estimate(store: LabelStore, applied: set[int]) -> PrecisionEstimate:
+def _applied_estimate(store: LabelStore, labels: pd.DataFrame) -> PrecisionEstimate:
     """The estimated precision of the open flags an export applied, from the reviewers' answers (labels.estimate)."""
     flags = with_bands(store.flag_answers())
-    return estimate_precision(flags, flags.id.isin(applied).to_numpy())
+    return estimate_precision(flags, flags.id.isin({f for fl in labels.auto_flags for f in fl}).to_numpy())
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
@@ -290,7 +295,8 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
 
 
 def _check_out(out: Path, root: Path, workdir: Path, overwrite: bool) -> None:
-    """Refuse an OUT whose replacement would destroy the source, the store or a folder that is not an export."""
+    """Refuse an OUT that would hold or replace the source or the store, or that is not an export we may replace
+    (checked again by `replacing` when the new export is swapped in)."""
     for other, what in ((root, "the source dataset"), (workdir, "the work folder")):
         if other.is_relative_to(out):
             raise ExportError(f"--out {out} would replace {what} {other}; choose another folder")
@@ -298,16 +304,15 @@ def _check_out(out: Path, root: Path, workdir: Path, overwrite: bool) -> None:
         raise ExportError(
             f"--out {out} is inside the source dataset {root}; export somewhere else (the dataset is never modified)"
         )
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ExportError(f"--out {out} is not empty; pass --overwrite to replace it, or choose another folder")
-        if not (out / MANIFEST).is_file():
-            raise ExportError(
-                f"--out {out} is not empty and holds no {MANIFEST}, so it is not an earlier export: "
-                "--overwrite only replaces exports; choose another folder"
-            )
+    try:
+        check_replaceable(out, COMMAND, overwrite)
+    except OutputFolderError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _listed_files(kept: pd.DataFrame, fmt: str) -> list[str]:
+    """Every file the export will write, listed in its manifest before the first is written."""
+    return [CSV_NAME] if fmt == "csv" else [*kept.dest, META_NAME]
 
 
 def _destinations(kept: pd.DataFrame, fmt: str) -> list[str]:
@@ -426,11 +431,10 @@ def _manifest(meta, fmt, unreviewed, labels, kept, everything, files, n_open_lef
     left_out = [{"path": p, "reason": f"unreadable: {why}"} for p, why in zip(unreadable.path, unreadable.problem)]
     left_out += [{"path": p, "reason": "missing: gone from the dataset at the last ingest"} for p in missing.path]
     return {
-        "tool": "labels.export",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": meta,
         "options": {"format": fmt, "unreviewed": unreviewed},
-        "files": files,
+        "placed": files,
         "counts": {
             "source_photos": int((everything.present == 1).sum()),
             "exported": len(kept),
@@ -448,17 +452,6 @@ def _manifest(meta, fmt, unreviewed, labels, kept, everything, files, n_open_lef
         "changes": changes,
         "left_out": sorted(left_out, key=lambda x: x["path"]),
     }
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace OUT (absent, empty, or an earlier export: checked before) with the finished tmp folder."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old)
 
 
 _EPILOG = """\

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,15 @@ def write_json(path: str | Path, value, *, indent: int | None = 1, **dumps_kwarg
 def is_temp_name(name: str) -> bool:
     """Whether a file name is one of `atomic_write`'s temporaries (left behind only by a power cut or SIGKILL)."""
     return name.startswith(".") and name.endswith(".tmp")
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")
+
+
+def temp_target(name: str) -> str | None:
+    """The file name an `atomic_write` temporary was written for ('.a.json.1f2e3d4c.tmp' -> 'a.json'), else None."""
+    match = _TEMP_NAME.match(name)
+    return match["name"] if match else None
 
 
 def file_sha256(path: str | Path) -> str:

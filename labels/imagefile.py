@@ -14,14 +14,31 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from labels.cli import UserError
 
 # Larger images are refused before decoding: a 100 MP photo of one face is a bomb or a mistake, not training data.
 MAX_PIXELS = 64_000_000
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+# The photo formats Pillow decodes without plugins (GIF and multi-page TIFF: the first frame). AVIF only where this
+# Pillow was built with it.
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm",
+    ".pnm",
+) + ((".avif",) if features.check("avif") else ())
+
+# Photo formats people have that Pillow cannot read here: named with the reason and what to do, never skipped quietly.
+_HEIF = ("HEIC/HEIF (iPhone photos) needs the pillow-heif plugin, which this tool does not load; convert them to JPEG,"
+         " e.g. `heif-convert IMG.heic IMG.jpg` or `magick mogrify -format jpg *.heic`")
+_RAW = "a camera RAW file: develop it to JPEG or PNG first (e.g. with darktable or `dcraw -c -w`)"
+UNSUPPORTED_FORMATS = {
+    ".heic": _HEIF, ".heif": _HEIF, ".hif": _HEIF,
+    ".avif": "AVIF: this Pillow was built without AVIF support; convert to JPEG or PNG",
+    ".jxl": "JPEG XL: Pillow cannot read it; convert to JPEG or PNG",
+    ".svg": "a vector drawing, not a photo",
+    **{ext: _RAW for ext in (".cr2", ".cr3", ".nef", ".arw", ".dng", ".raf", ".orf", ".rw2", ".pef", ".srw")},
+}
 
 
 class ImageError(UserError):
@@ -102,3 +119,14 @@ def check_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> tuple[int,
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a file name is not taken for a photo (its extension), or None when it is: the reason ingest lists."""
+    if is_image_name(name):
+        return None
+    suffix = Path(name).suffix.lower()
+    if suffix in UNSUPPORTED_FORMATS:
+        return f"unsupported image format {suffix}: {UNSUPPORTED_FORMATS[suffix]}"
+    what = f"extension {suffix}" if suffix else "no extension"
+    return f"not a photo file name ({what}; photos end in .jpg, .png, .webp, .bmp, .tif, .gif, ...)"

@@ -8,7 +8,10 @@ Why it works this way:
 - a re-ingest re-reads only files whose size or mtime changed (plus files that were unreadable, since a permission fix
   does not touch mtime), marks vanished files missing and never touches a reviewer's decisions;
 - exact duplicates (same sha256) and unreadable files become flags of source 'ingest', replaced as a set on every run,
-  so answered flags keep their history and open ones reflect the dataset as it is now.
+  so answered flags keep their history and open ones reflect the dataset as it is now;
+- nothing is left out quietly: files in formats it cannot read (.heic ...), files that are not photos, empty identity
+  folders, identities without a single usable photo, unreadable and refused files are named in the summary (the first
+  few of each kind and a count) and all listed in WORK/ingest_problems.csv (rewritten on every run).
 
 Example:
     >>> summary = ingest("photos", "work")          # photos/<identity>/<photo>.jpg [+ photos/meta.json]
@@ -17,6 +20,8 @@ Example:
 """
 from __future__ import annotations
 
+import csv as csvlib
+import io
 import os
 import statistics
 import sys
@@ -32,9 +37,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from labels.cli import UserError, command_parser, run_cli
-from labels.files import file_sha256
+from labels.files import atomic_write, file_sha256
 from labels.imagefile import ImageError, check_image
-from labels.layouts import Entry, Layout, Refused, read_layout
+from labels.layouts import SKIP_KINDS, Entry, Layout, Refused, Skipped, read_layout
 from labels.store import FoundImage, KnownFile, LabelStore, NewFlag
 
 SOURCE = "ingest"  # the flag source this stage owns
@@ -43,6 +48,16 @@ _BATCH = 256  # files handed to the pool at a time
 _WRITE_EVERY = 2000  # files per store transaction: what a killed run can lose
 _SIZE_BUCKETS = ((1, 1), (2, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, None))
 _SHOW = 10  # refused entries listed in the summary before "... and N more"
+_SHOW_SKIPPED = 3  # entries of each kind of problem named in the summary
+PROBLEMS_NAME = "ingest_problems.csv"  # WORK/ingest_problems.csv: every file or folder ingest did not use, and why
+PROBLEM_COLUMNS = ("entry", "kind", "reason")
+# The kinds of ingest_problems.csv rows: SKIP_KINDS (what the layout left out), then what ingest found.
+PROBLEM_KINDS = {
+    **SKIP_KINDS,
+    "no_usable_photo": "identity(ies) without a single usable photo",
+    "unreadable": "unreadable photo(s) (flagged 'unreadable')",
+    "refused": "refused entries",
+}
 
 
 class IngestError(UserError):
@@ -67,9 +82,22 @@ class IngestSummary:
     unreadable: dict[str, list[str]]  # reason -> paths, over the whole dataset (not only this run's files)
     n_duplicates: int  # copies flagged: every copy of a photo but the first by path
     refused: list[Refused] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)  # everything in the dataset folder left out, by name
+    hidden: int = 0  # hidden files and folders passed over
+    no_usable: dict[str, int] = field(default_factory=dict)  # identity -> its photos, none of them readable
     unlisted: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def problems(self) -> list[Skipped]:
+        """Every file or folder not used and why, as WORK/ingest_problems.csv lists them (by kind, then entry)."""
+        rows = [*self.skipped]
+        rows += [Skipped(f"{i}/", "no_usable_photo", f"none of its {n} photo(s) is readable (see 'unreadable')")
+                 for i, n in sorted(self.no_usable.items())]
+        rows += [Skipped(p, "unreadable", why) for why, paths in self.unreadable.items() for p in paths]
+        rows += [Skipped(r.entry, "refused", r.reason) for r in self.refused]
+        order = list(PROBLEM_KINDS)
+        return sorted(rows, key=lambda r: (order.index(r.kind), r.entry))
 
     def report(self) -> str:
         """A summary a person reads: counts, one line per reason a file is unusable, refused entries by name."""
@@ -89,6 +117,13 @@ class IngestSummary:
                 f" median {statistics.median(sizes):g}, max {sizes[-1]}"
                 f" ({', '.join(f'{v:,} with {k}' for k, v in _bucket(sizes).items())})"
             )
+        if self.no_usable:
+            names = sorted(self.no_usable)
+            more = f" and {len(names) - _SHOW_SKIPPED:,} more" if len(names) > _SHOW_SKIPPED else ""
+            lines.append(
+                f"  warning: {len(names):,} {'identity has' if len(names) == 1 else 'identities have'} no usable photo"
+                f" (every photo unreadable): {', '.join(names[:_SHOW_SKIPPED])}{more}"
+            )
         lines.append(f"  deepfakes (as found): {self.n_fake:,}")
         n_bad = sum(len(v) for v in self.unreadable.values())
         lines.append(f"  unreadable: {n_bad:,}" + (" (flagged 'unreadable')" if n_bad else ""))
@@ -100,13 +135,22 @@ class IngestSummary:
                 f"  {len(self.unlisted):,} photos are not in {self.labels_file.name}: counted as real"
                 f" (e.g. {', '.join(self.unlisted[:3])})"
             )
-        if self.skipped:
-            lines.append("  skipped: " + ", ".join(f"{n:,} x {why}" for why, n in sorted(self.skipped.items())))
+        for kind, what in SKIP_KINDS.items():
+            rows = [s for s in self.skipped if s.kind == kind]
+            if rows:
+                shown = "; ".join(f"{s.entry} ({s.reason})" if k == 0 or s.reason != rows[0].reason else s.entry
+                                  for k, s in enumerate(rows[:_SHOW_SKIPPED]))
+                more = f"; ... and {len(rows) - _SHOW_SKIPPED:,} more" if len(rows) > _SHOW_SKIPPED else ""
+                lines.append(f"  not used: {len(rows):,} {what}: {shown}{more}")
+        if self.hidden:
+            lines.append(f"  skipped {self.hidden:,} hidden file(s) or folder(s) (names starting with '.')")
         if self.refused:
             lines.append(f"  refused {len(self.refused):,} {'entry' if len(self.refused) == 1 else 'entries'}:")
             lines.extend(f"    {r}" for r in self.refused[:_SHOW])
             if len(self.refused) > _SHOW:
                 lines.append(f"    ... and {len(self.refused) - _SHOW:,} more")
+        if self.problems:
+            lines.append(f"  every file or folder not used, and why: {self.workdir / PROBLEMS_NAME}")
         rate = n_read / self.seconds if self.seconds > 0 else 0.0
         lines.append(f"  done in {self.seconds:.1f} s ({n_read:,} files read, {rate:,.0f} files/s)")
         return "\n".join(lines)
@@ -152,10 +196,10 @@ def ingest(
         counts = _read_files(store, layout, known, workers, progress)
         seen = {e.path for e in layout.entries}
         n_missing = store.mark_missing(p for p, k in known.items() if k.present and p not in seen)
-        flags, unreadable = _ingest_flags(store)
+        flags, unreadable, no_usable = _ingest_flags(store)
         store.replace_flags(SOURCE, flags)
         store.set_meta(last_ingest=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return IngestSummary(
+    summary = IngestSummary(
         workdir=workdir,
         dataset_root=layout.root,
         layout=layout.kind,
@@ -171,9 +215,22 @@ def ingest(
         n_duplicates=sum(f.kind == "duplicate" for f in flags),
         refused=layout.refused,
         skipped=layout.skipped,
+        hidden=layout.hidden,
+        no_usable=no_usable,
         unlisted=layout.unlisted,
-        seconds=time.perf_counter() - started,
     )
+    write_problems(workdir / PROBLEMS_NAME, summary.problems)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def write_problems(path: Path, problems: Sequence[Skipped]) -> None:
+    """WORK/ingest_problems.csv: entry,kind,reason, one row per file or folder not used (a header when none)."""
+    text = io.StringIO(newline="")
+    writer = csvlib.writer(text)
+    writer.writerow(PROBLEM_COLUMNS)
+    writer.writerows((p.entry, p.kind, p.reason) for p in problems)
+    atomic_write(path, text.getvalue())
 
 
 def _claim(store: LabelStore, workdir: Path, layout: Layout, force_root: bool) -> None:
@@ -251,9 +308,13 @@ def _os_reason(exc: OSError) -> str:
     return f"cannot read file ({exc.strerror or exc})"
 
 
-def _ingest_flags(store: LabelStore) -> tuple[list[NewFlag], dict[str, list[str]]]:
-    """'unreadable' flags for present files with a problem, 'duplicate' flags on every copy but the first by path."""
+def _ingest_flags(store: LabelStore) -> tuple[list[NewFlag], dict[str, list[str]], dict[str, int]]:
+    """'unreadable' flags for present files with a problem, 'duplicate' flags on every copy but the first by path;
+    also the unreadable paths by reason and the identities (as found) none of whose photos is readable."""
     images = store.images(present_only=True)
+    usable = images.groupby("identity_found").problem.apply(lambda p: int(p.isna().sum()))
+    sizes = images.groupby("identity_found").size()
+    no_usable = {str(i): int(sizes[i]) for i in usable.index[usable == 0]}
     bad = images[images.problem.notna()].sort_values("path")
     flags = [NewFlag("unreadable", r.identity, r.path, details={"reason": r.problem}) for r in bad.itertuples()]
     unreadable: dict[str, list[str]] = {}
@@ -267,7 +328,7 @@ def _ingest_flags(store: LabelStore) -> tuple[list[NewFlag], dict[str, list[str]
         NewFlag("duplicate", r.identity, r.path, details={"duplicate_of": original})
         for r, original in zip(copies.itertuples(), first[copies.index])
     ]
-    return flags, unreadable
+    return flags, unreadable, no_usable
 
 
 _EPILOG = """\

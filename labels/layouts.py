@@ -27,12 +27,12 @@ import json
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labels.cli import UserError
-from labels.imagefile import is_image_name
+from labels.imagefile import is_image_name, name_problem
 from labels.store import StoreError, check_identity_name
 
 LAYOUTS = ("folders", "challenge", "csv")
@@ -64,6 +64,26 @@ class Refused:
         return f"{self.entry}: {self.reason}"
 
 
+# Kinds of what a dataset folder holds that is not used, each named in the ingest summary and ingest_problems.csv.
+SKIP_KINDS = {
+    "unsupported_format": "photo(s) in a format this tool cannot read",
+    "not_a_photo": "file(s) that are not photos (by their name)",
+    "outside_identity_folder": "photo(s) not inside an identity folder",
+    "not_a_regular_file": "entries that are not regular files",
+    "empty_identity_folder": "identity folder(s) without a photo",
+}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something in the dataset folder that is not a photo of an identity: `entry` relative to the root ('/'-separated,
+    folders end in '/'), `kind` one of SKIP_KINDS, `reason` in words (the format and what to do about it)."""
+
+    entry: str
+    kind: str
+    reason: str
+
+
 @dataclass
 class Layout:
     """What read_layout found. `root` is absolute and resolved; entry paths are relative to it."""
@@ -72,7 +92,8 @@ class Layout:
     root: Path
     entries: list[Entry]
     refused: list[Refused] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)  # why -> how many files were not considered photos
+    skipped: list[Skipped] = field(default_factory=list)  # every file and identity folder left out, by name
+    hidden: int = 0  # hidden files and folders (names starting with '.'), left out by design and only counted
     unlisted: list[str] = field(default_factory=list)  # photos on disk that meta.json does not name (counted real)
     labels_file: Path | None = None  # the meta.json or CSV the labels came from
 
@@ -114,9 +135,9 @@ def read_layout(
         data = _existing_folder(Path(data))
         kind = detect_layout(data)
         root = data / "images" if kind == "challenge" else data
-        files, refused, skipped = _scan(root, excluded)
+        files, refused, skipped, hidden = _scan(root, excluded)
         meta = data / META_NAME
-        layout = Layout(kind, root, [], refused, dict(skipped), labels_file=meta if meta.is_file() else None)
+        layout = Layout(kind, root, [], refused, skipped, hidden, labels_file=meta if meta.is_file() else None)
         _label_files(layout, files, excluded)
     if not layout.entries:
         where = layout.labels_file if layout.kind == "csv" else layout.root
@@ -141,16 +162,21 @@ def _expected(kind: str) -> str:
     }[kind]
 
 
-def _scan(root: Path, excluded: tuple[Path, ...]) -> tuple[list[str], list[Refused], Counter]:
-    """Every photo under root, relative and sorted, plus what was refused and a count of what was skipped.
+def _scan(root: Path, excluded: tuple[Path, ...]) -> tuple[list[str], list[Refused], list[Skipped], int]:
+    """Every photo under root, relative and sorted, plus what was refused, what was skipped (named) and how many
+    hidden entries were passed over.
 
     Folder symlinks are not followed (they would either leave the dataset or count photos twice); file symlinks are
     kept only when they resolve inside the root. Files directly in root are not in an identity folder: image names there
-    are counted as skipped, anything else (README, meta.json, manifest.json) is ignored.
+    are skipped by name, anything else (README, meta.json, manifest.json) is ignored. An identity folder that ends up
+    with no photo (empty, or holding only files that are not photos) is named too.
     """
     files: list[str] = []
     refused: list[Refused] = []
-    skipped: Counter = Counter()
+    skipped: list[Skipped] = []
+    hidden = 0
+    photos_in: Counter = Counter()  # identity folder -> photos found under it
+    identity_folders: list[str] = []
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -162,7 +188,7 @@ def _scan(root: Path, excluded: tuple[Path, ...]) -> tuple[list[str], list[Refus
         for e in listing:
             rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
             if e.name.startswith("."):
-                skipped["hidden file or folder"] += 1
+                hidden += 1
                 continue
             if not _utf8(e.name):
                 refused.append(Refused(os.fsencode(rel).decode("utf-8", "backslashreplace"), "name is not valid UTF-8"))
@@ -170,23 +196,34 @@ def _scan(root: Path, excluded: tuple[Path, ...]) -> tuple[list[str], list[Refus
             if e.is_dir(follow_symlinks=False):
                 if root / rel not in excluded:
                     stack.append(rel)
+                    if not rel_dir:
+                        identity_folders.append(rel)
                 continue
             if e.is_symlink():
                 problem = _symlink_problem(root, e.path)
                 if problem:
                     refused.append(Refused(rel, problem))
                     continue
+            problem = name_problem(e.name)
             if not e.is_file():
-                skipped["not a regular file"] += 1
-            elif not is_image_name(e.name):
+                skipped.append(Skipped(rel, "not_a_regular_file", "not a regular file (a pipe, socket or device)"))
+            elif problem is not None:
                 if rel_dir:
-                    skipped["not an image file name"] += 1
+                    kind = "unsupported_format" if problem.startswith("unsupported") else "not_a_photo"
+                    skipped.append(Skipped(rel, kind, problem))
             elif not rel_dir:
-                skipped["photo not inside an identity folder"] += 1
+                skipped.append(Skipped(rel, "outside_identity_folder", "photos go in DATA/<identity>/, not DATA/"))
             else:
                 files.append(rel)
+                photos_in[rel.split("/", 1)[0]] += 1
+    for folder in identity_folders:
+        if not photos_in[folder]:
+            others = sum(1 for s in skipped if s.entry.startswith(folder + "/"))
+            why = f"no photo in it ({others} other file(s), listed too)" if others else "empty folder"
+            skipped.append(Skipped(folder + "/", "empty_identity_folder", why))
     files.sort()
-    return files, refused, skipped
+    skipped.sort(key=lambda s: s.entry)
+    return files, refused, skipped, hidden
 
 
 def _utf8(name: str) -> bool:
@@ -216,7 +253,7 @@ def _label_files(layout: Layout, files: list[str], excluded: tuple[Path, ...]) -
         by_nfc: dict[str, str] | None = None
         meta = _read_meta(layout.labels_file)
         for key, value in meta.items():
-            rel, problem = _relative(key)
+            rel, problem = _relative(key, listed.__contains__)
             if rel is not None and rel not in listed:
                 if by_nfc is None:  # a meta.json written on macOS may spell accents differently from the disk
                     by_nfc = {unicodedata.normalize("NFC", f): f for f in files}
@@ -280,12 +317,20 @@ def _pairs_without_conflicts(pairs: list[tuple[str, object]]) -> dict:
 
 
 # ---- path checks shared by meta.json keys and CSV rows --------------------------------------------------------------
-def _relative(text: str) -> tuple[str | None, str | None]:
-    """A user-written path as a clean '/'-separated relative path, or (None, why it is refused)."""
+def _relative(text: str, exists: Callable[[str], bool] = lambda rel: False) -> tuple[str | None, str | None]:
+    """A user-written path as a clean '/'-separated relative path, or (None, why it is refused).
+
+    Backslashes and a leading 'X:' are read the Windows way (folders, a drive) unless the path as written names a
+    file that `exists`: on Linux 'a\\b.jpg' is a legal file name, and an export of it must re-ingest.
+    """
     if not text.strip():
         return None, "empty path"
     if "\x00" in text:
         return None, "path contains a NUL character"
+    literal = [p for p in text.split("/") if p not in ("", ".")]
+    if ("\\" in text or text[1:2] == ":") and literal and ".." not in literal and not text.startswith("/"):
+        if exists("/".join(literal)):
+            return "/".join(literal), None
     norm = text.replace("\\", "/")  # lists written on Windows
     if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":" and norm[0].isalpha()):
         return None, "absolute path (paths must be relative to the dataset)"
@@ -312,7 +357,7 @@ def _file_problem(root: Path, rel: str, excluded: tuple[Path, ...], *, identity_
     if any(p.startswith(".") for p in rel.split("/")):
         return "hidden file"
     if not is_image_name(rel):
-        return "not an image file name"
+        return name_problem(rel)
     if identity_folder and "/" not in rel:
         return "not inside an identity folder"
     return None
@@ -324,7 +369,7 @@ def _read_csv(path: Path, root: Path, excluded: tuple[Path, ...]) -> tuple[list[
     entries, refused = [], []
     for line, raw_path, identity, is_fake in rows:
         where = f"{path.name} line {line} {json.dumps(raw_path, ensure_ascii=False)}"
-        rel, problem = _relative(raw_path)
+        rel, problem = _relative(raw_path, lambda r: os.path.lexists(root / r))
         if rel is not None:
             problem = _file_problem(root, rel, excluded, identity_folder=False)
         if problem is None:

@@ -6,6 +6,7 @@ reason when that folder is absent. Nothing in the product reads ../shared.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -64,3 +65,10 @@ def glint_work(glint_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     ingest(data, work, progress=False)
     return work
+
+
+def rendered(markdown: str) -> str:
+    """The text a Markdown source shows once the app's escaping is undone as CommonMark undoes it: a backslash before a
+    punctuation mark disappears, a trailing-two-spaces line break is a newline, and the invisible word joiners the app
+    puts where autolinking would start (review_pages.common.lit) are dropped."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "").replace("  \n", "\n")

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from curation.workfolder import FLAG_COLUMNS, NODE_COLUMNS, WorkFolder, write_embeddings, write_flags, write_nodes, write_report
+from curation.workfolder import NODE_COLUMNS, WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from labels.imagefile import ImageError, read_rgb
 from labels.store import FoundImage, LabelStore, NewFlag
 
@@ -151,10 +151,7 @@ def build_workdir(glint: Path, model: Path, root: Path, hostile: bool = False) -
         NewFlag("merge", "Jennifer A", None, "Jennifer Aniston", None, merge_score),
     ]
     store.replace_flags("clean", flags)
-    write_flags(folder, pd.DataFrame(
-        [(f.image_path or "", f.identity, f.kind, f.component, f.suggested_identity or "", f.score) for f in flags],
-        columns=FLAG_COLUMNS,
-    ))
+    write_flags(folder, store)
     edges = np.linspace(-1, 1, 41)
     report = {
         "counts": {f.kind: 1 for f in flags},

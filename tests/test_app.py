@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from streamlit.testing.v1 import AppTest
 
 from labels.store import LabelStore, NewFlag
+from tests.conftest import rendered
 from tests.review_workdir import EDGE, FAKE, HOSTILE, OUTLIER, build_workdir, planted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +46,8 @@ def ids(work: Path, *paths: str) -> list[int]:
 
 
 def shown(element) -> str:
-    """The text a Markdown element shows for its source: CommonMark drops the backslash of an escaped punctuation mark;
-    the app's escaping also puts invisible word joiners where autolinking would start."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", element.value).replace("\u2060", "").replace("  \n", "\n")
+    """The text a Markdown element shows for its source (the app escapes every user string)."""
+    return rendered(element.value)
 
 
 def texts(at: AppTest) -> str:

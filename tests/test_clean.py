@@ -59,7 +59,7 @@ def test_demo_flags_planted_noise_with_right_suggestions(lfw_demo, capsys):
     with LabelStore.open(work) as store:
         images = store.images()
         assert len(nodes) == len(images) and set(nodes.image_id) == set(images.id)
-        assert len(store.flags(status="open").query("source == 'clean'")) == len(flags)
+        assert len(store.flags(status="open")) == len(flags)
     assert emb.dtype == np.float16 and emb.shape[0] == (nodes.emb_row >= 0).sum()
     ok = nodes[nodes.emb_row >= 0]
     assert np.allclose(np.linalg.norm(emb[ok.emb_row].astype(np.float32), axis=1), 1, atol=1e-2)
@@ -91,14 +91,31 @@ def test_bad_photos_empty_folders_and_one_photo_identities(lfw_dir, tmp_path, ca
     (data / "Empty").mkdir()
     Image.new("RGB", (150, 150), (128, 128, 128)).save(data / people[0] / "blank.jpg")
     (data / people[1] / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (data / people[1] / "zero.jpg").write_bytes(b"")
+    copy = f"{people[2]}/copy of {people[0]}.jpg"
+    (data / copy).write_bytes(sorted((data / people[0]).iterdir())[0].read_bytes())  # an exact copy, another identity
     assert clean.main([str(data), "--workdir", str(tmp_path / "w"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "single real photo" in out and "Solo" in out
     flags = pd.read_csv(tmp_path / "w" / "flags.csv", keep_default_na=False)
     assert (flags[flags.flag == "no_face"].image == f"{people[0]}/blank.jpg").all() and (flags.flag == "no_face").sum() == 1
     assert "Solo" not in set(flags.identity)
+    # flags.csv holds every open flag of the store, whichever stage raised it: ingest's unreadable files and exact
+    # duplicates too, and report.json counts the same rows
+    unreadable = {f"{people[1]}/broken.jpg", f"{people[1]}/zero.jpg"}
+    assert set(flags.image[flags.flag == "unreadable"]) == unreadable
+    assert copy in set(flags.image[(flags.flag == "duplicate") & (flags.suggested_identity == "")])  # ingest's
     with LabelStore.open(tmp_path / "w") as store:
-        assert "unreadable" in set(store.flags().kind)  # from ingest
+        open_flags = store.flags(status="open")
+        assert sorted(zip(open_flags.image.fillna(""), open_flags.kind)) == sorted(zip(flags.image, flags.flag))
+        assert set(open_flags.source) == {"ingest", "clean"}
+        ids = store.image_ids(sorted(unreadable))
+        store.decide("remove", reviewer="ana", image_ids=[ids[f"{people[1]}/zero.jpg"]])  # answers its flag
+    report = json.loads((tmp_path / "w" / "report.json").read_text())
+    assert report["counts"] == flags.flag.value_counts().to_dict() and report["counts"]["unreadable"] == 2
+    assert clean.main([str(data), "--workdir", str(tmp_path / "w"), "--no-progress"]) == 0
+    again = pd.read_csv(tmp_path / "w" / "flags.csv", keep_default_na=False)
+    assert set(again.image[again.flag == "unreadable"]) == {f"{people[1]}/broken.jpg"}  # answered: no longer open
 
 
 def _index_dataset(tmp_path, n_ids=40, per=8, dtype=np.float16):

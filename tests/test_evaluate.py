@@ -64,6 +64,22 @@ def test_scores_writes_metrics_equal_to_the_metrics_module(files, tmp_path, caps
     assert "EER" in out and "kaleido" in out  # the summary, and the note on the skipped PNG
 
 
+def test_out_must_be_absent_empty_or_an_earlier_evaluation(files, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text("my own numbers")
+    code, _, err = run(["--scores", files["sub"], "--truth", files["truth"], "--out", mine], capsys)
+    assert code == 2 and f"{mine} is not empty and holds no manifest.json, so this tool did not write it" in err
+    assert [p.name for p in mine.iterdir()] == ["metrics.json"] and (mine / "metrics.json").read_text() == "my own numbers"
+    ev = tmp_path / "ev"
+    for _ in range(2):  # a rerun replaces the files it wrote
+        assert run(["--scores", files["sub"], "--truth", files["truth"], "--out", ev], capsys)[0] == 0
+    manifest = json.loads((ev / "manifest.json").read_text())
+    on_disk = {p.name for p in ev.iterdir()} - {"manifest.json"}
+    assert manifest["command"] == "curation.evaluate" and on_disk <= set(manifest["files"])
+    assert {"metrics.json", "scores.csv", "roc.html", "plotly.min.js"} <= on_disk
+
+
 def test_shuffled_submission_scores_the_same_and_warns(files, tmp_path, capsys):
     run(["--scores", files["sub"], "--truth", files["truth"], "--out", tmp_path / "a"], capsys)
     code, _, err = run(["--scores", files["shuffled"], "--truth", files["truth"], "--out", tmp_path / "b"], capsys)

@@ -239,22 +239,49 @@ def test_apply_merges_chains_into_the_largest_identity(tmp_path):
     store.close()
 
 
-def test_out_must_be_empty_or_an_earlier_export(curated, tmp_path):
+def test_overwrite_replaces_only_an_export_this_tool_wrote(curated, tmp_path):
     c = curated
     out = tmp_path / "out"
-    (out / "mine").mkdir(parents=True)
-    (out / "mine" / "thesis.txt").write_text("precious")
-    with pytest.raises(ExportError, match="not empty; pass --overwrite"):
-        export(c.work, out, progress=False)
-    with pytest.raises(ExportError, match="not an earlier export"):
+    out.mkdir()
+    (out / "thesis.tex").write_text("four years of work")
+    (out / "manifest.json").write_text("{}")  # a stray manifest of someone else's
+    with pytest.raises(ExportError, match=r"manifest.json is not a manifest this tool wrote \(no \"tool\""):
         export(c.work, out, overwrite=True, progress=False)
-    assert _listing(out) == {"mine/thesis.txt"}
+    assert _listing(out) == {"thesis.tex", "manifest.json"} and (out / "thesis.tex").read_text() == "four years of work"
+    (out / "manifest.json").unlink()
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match=f"{out} is not empty and holds no manifest.json.*it holds thesis.tex"):
+            export(c.work, out, overwrite=overwrite, progress=False)
+    assert _listing(out) == {"thesis.tex"}
 
-    export(c.work, tmp_path / "prev", fmt="csv", progress=False)
+    prev = tmp_path / "prev"
+    export(c.work, prev, fmt="csv", progress=False)
+    manifest = json.loads((prev / "manifest.json").read_text())
+    assert (manifest["tool"], manifest["command"], manifest["files"]) == ("facecur", "labels.export", ["labels.csv"])
+    with pytest.raises(ExportError, match="holds an earlier output of labels.export: pass --overwrite"):
+        export(c.work, prev, progress=False)
     before = set(os.listdir(tmp_path))
-    export(c.work, tmp_path / "prev", fmt="folders", overwrite=True, progress=False)
+    export(c.work, prev, fmt="folders", overwrite=True, progress=False)
     assert set(os.listdir(tmp_path)) == before  # nothing beside --out: no leftover temporary folders
-    assert "labels.csv" not in _listing(tmp_path / "prev") and "meta.json" in _listing(tmp_path / "prev")
+    manifest = json.loads((prev / "manifest.json").read_text())
+    assert _listing(prev) == set(manifest["files"]) | {"manifest.json"}  # every file written is listed
+    assert "labels.csv" not in _listing(prev) and "meta.json" in manifest["files"]
+
+    (prev / "Al_Gore" / "notes.txt").write_text("mine")  # a user's file inside an earlier export
+    with pytest.raises(ExportError, match=r"holds files this tool did not write \(Al_Gore/notes.txt\)"):
+        export(c.work, prev, fmt="csv", overwrite=True, progress=False)
+    assert _listing(prev) == set(manifest["files"]) | {"manifest.json", "Al_Gore/notes.txt"}
+    (prev / "Al_Gore" / "notes.txt").unlink()
+
+    (tmp_path / "precious.txt").write_text("outside")
+    hostile = {**manifest, "files": [*manifest["files"], "../precious.txt"]}
+    (prev / "manifest.json").write_text(json.dumps(hostile))  # a hand-made manifest cannot make --overwrite leave OUT
+    with pytest.raises(ExportError, match="it lists '../precious.txt', outside the folder"):
+        export(c.work, prev, fmt="csv", overwrite=True, progress=False)
+    assert (tmp_path / "precious.txt").read_text() == "outside"
+    (prev / "manifest.json").write_text(json.dumps({**manifest, "command": "curation.evaluate"}))
+    with pytest.raises(ExportError, match="holds the output of `python -m curation.evaluate`, not of labels.export"):
+        export(c.work, prev, fmt="csv", overwrite=True, progress=False)
 
     for bad, message in [
         (c.data / "clean", "inside the source dataset"),

@@ -79,3 +79,16 @@ def test_rerun_resumes_and_other_settings_are_refused(fake_set, capsys):
     assert "other settings" in capsys.readouterr().err
     assert fakes_main([str(data), "--out", str(data / "inside")]) == 2
     assert fakes_main([str(data), "--out", str(out), "--kinds", "gan"]) == 2
+
+
+def test_out_is_refused_unless_it_is_an_earlier_fakes_output(fake_set, tmp_path, capsys):
+    data, out, _ = fake_set
+    manifest = json.loads((out / "manifest.json").read_text())
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert manifest["command"] == "curation.fakes" and on_disk == set(manifest["files"]) | {"manifest.json"}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "meta.json").write_text('{"my": "notes"}')  # a user's folder that happens to hold a meta.json
+    assert fakes_main([str(data), "--out", str(mine)]) == 2
+    assert "holds no manifest.json, so this tool did not write it" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["meta.json"] and "notes" in (mine / "meta.json").read_text()

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 import labels.ingest as ingest_module
+from labels.imagefile import read_rgb
 from labels.ingest import IngestError, ingest, main
 from labels.layouts import LayoutError, read_layout
 from labels.store import LabelStore
@@ -68,11 +71,73 @@ def test_identity_folders_with_odd_and_broken_files(tmp_path, data, lfw_dir):
     assert set(flags.kind) == {"unreadable"} and set(flags.status) == {"open"}
     assert rows[f"{ACCENTED}/фото 1.jpg"]["identity_found"] == ACCENTED
     assert {r["identity_found"] for r in rows.values()} == {"Al_Gore", "Colin_Powell", *GLINT, ACCENTED, "Odd files"}
-    assert summary.skipped == {"hidden file or folder": 2, "not an image file name": 1}
+    assert summary.hidden == 2 and [(x.entry, x.kind) for x in summary.skipped] == [("Tom Hanks/notes.txt", "not_a_photo")]
     text = summary.report()
     for reason in bad.values():  # one summary line per reason
         assert sum(f"1 x {reason} (e.g. " in line for line in text.splitlines()) == 1
     assert "6 identities, photos per identity: min 3," in text
+
+
+def test_nothing_is_left_out_quietly(tmp_path, data):
+    """Unreadable formats, non-photos, empty identity folders and identities without a usable photo are named in the
+    summary (first few and a count) and all listed in WORK/ingest_problems.csv; the formats Pillow reads are read."""
+    photo = sorted((data / "Al_Gore").iterdir())[0]
+    src = Image.open(photo).convert("RGB")
+    src.save(data / "Al_Gore" / "as bitmap.BMP")
+    src.save(data / "Al_Gore" / "as tiff.tif")
+    src.save(data / "Al_Gore" / "as webp.webp", lossless=True)
+    second = Image.open(sorted((data / "Colin_Powell").iterdir())[0]).convert("RGB").resize(src.size)
+    src.save(data / "Al_Gore" / "animated.gif", save_all=True, append_images=[second], duration=100)
+    (data / "Al_Gore" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))  # an iPhone photo's header
+    (data / "Al_Gore" / "notes.txt").write_text("not a photo")
+    for k in range(4):
+        (data / "Phone only" / f"IMG_{k:04d}.heic").parent.mkdir(exist_ok=True)
+        (data / "Phone only" / f"IMG_{k:04d}.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    (data / "Empty").mkdir()
+    (data / "Nothing readable").mkdir()
+    (data / "Nothing readable" / "a.jpg").write_bytes(b"")
+    (data / "Nothing readable" / "b.png").write_text("not a png")
+    shutil.copy2(photo, data / "loose.jpg")  # not inside an identity folder
+    work = tmp_path / "work"
+    summary = ingest(data, work, progress=False)
+
+    expected = {  # entry -> kind, from what was put on disk above
+        "Al_Gore/IMG_0001.HEIC": "unsupported_format", "Al_Gore/notes.txt": "not_a_photo", "loose.jpg":
+        "outside_identity_folder", "Empty/": "empty_identity_folder", "Phone only/": "empty_identity_folder",
+        "Nothing readable/": "no_usable_photo", "Nothing readable/a.jpg": "unreadable",
+        "Nothing readable/b.png": "unreadable", **{f"Phone only/IMG_{k:04d}.heic": "unsupported_format" for k in range(4)},
+    }
+    listed = pd.read_csv(work / "ingest_problems.csv", dtype=str, keep_default_na=False)
+    assert listed.columns.tolist() == ["entry", "kind", "reason"]
+    assert dict(zip(listed.entry, listed.kind)) == expected and len(listed) == len(expected)
+    reason = dict(zip(listed.entry, listed.reason))
+    assert "HEIC/HEIF" in reason["Al_Gore/IMG_0001.HEIC"] and "pillow-heif" in reason["Al_Gore/IMG_0001.HEIC"]
+    assert reason["Nothing readable/a.jpg"] == "empty file (0 bytes)" and reason["Empty/"] == "empty folder"
+
+    text = summary.report()
+    assert "no usable photo (every photo unreadable): Nothing readable" in text
+    line = next(x for x in text.splitlines() if "cannot read" in x)
+    assert "5 photo(s)" in line and "Al_Gore/IMG_0001.HEIC (unsupported image format .heic: HEIC/HEIF" in line
+    assert "Phone only/IMG_0001.heic" in line and "... and 2 more" in line  # the first few, then a count
+    assert "identity folder(s) without a photo: Empty/ (empty folder); Phone only/" in text
+    assert "loose.jpg" in text and "Al_Gore/notes.txt" in text and str(work / "ingest_problems.csv") in text
+
+    rows = _store_rows(work)
+    for name in ("as bitmap.BMP", "as tiff.tif", "as webp.webp", "animated.gif"):
+        row = rows[f"Al_Gore/{name}"]
+        assert (row["problem"], row["width"], row["height"]) == (None, *src.size), name
+        rgb = read_rgb(data / "Al_Gore" / name)
+        if name != "animated.gif":  # lossless: the very pixels of the photo
+            assert np.array_equal(rgb, np.asarray(src)), name
+    first = np.asarray(Image.open(data / "Al_Gore" / "animated.gif").convert("RGB"))  # Pillow's frame 0
+    gif = read_rgb(data / "Al_Gore" / "animated.gif")
+    assert np.array_equal(gif, first) and np.abs(gif.astype(int) - np.asarray(second)).mean() > 20  # not frame 1
+
+    shutil.rmtree(data / "Empty")
+    (data / "Nothing readable" / "c.jpg").write_bytes(photo.read_bytes())
+    summary = ingest(data, work, progress=False)  # the list is rewritten: what was fixed is gone from it
+    listed = pd.read_csv(work / "ingest_problems.csv", dtype=str, keep_default_na=False)
+    assert not {"Empty/", "Nothing readable/"} & set(listed.entry) and not summary.no_usable
 
 
 def test_exact_duplicates_flag_every_copy_but_the_first(tmp_path, data):

@@ -7,6 +7,8 @@ multiplied with numpy, no embedding pass, no cache.
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,17 @@ def test_cli_writes_submission_and_problems_in_csv_order_and_reuses_the_cache(te
     second, _ = capsys.readouterr()
     assert "0 embedded in this run" in second
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"pair_id": str}), sub)
+    manifest = json.loads((tmp_path / "sub" / "submission.manifest.json").read_text())
+    assert manifest["files"] == ["submission.csv", "submission.problems.csv"] and manifest["n_pairs"] == 18
+
+
+def test_a_file_predict_did_not_write_is_never_overwritten(test_set, tmp_path, capsys):
+    test_dir, _ = test_set
+    out = tmp_path / "notes.csv"
+    out.write_text("my own notes")
+    assert predict.main([str(test_dir), "--out", str(out), "--aligned", "--no-progress"]) == 2
+    assert f"{out} exists and was not written by this tool" in capsys.readouterr().err
+    assert out.read_text() == "my own notes" and list(tmp_path.iterdir()) == [out]  # refused before any work
 
 
 @pytest.mark.parametrize("bad,reason", [("../outside.jpg", "points outside"), ("/etc/passwd", "absolute path"),

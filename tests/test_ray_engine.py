@@ -22,7 +22,10 @@ from embeddings.pipeline import align_images, embed_images
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")
 ray_engine = pytest.importorskip("embeddings.ray_engine")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data")  # Ray copying its own settings
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data"),  # Ray copying its own settings
+    pytest.mark.slow,  # Ray starts actors for a few seconds each time
+]
 
 
 @pytest.fixture(scope="module")

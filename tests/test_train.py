@@ -23,6 +23,7 @@ from curation.training.loop import train, train_step
 from curation.training.run_folder import Kept, RunFolder, update_top_k
 from embeddings import build_backbone, load_backbone
 from embeddings.losses import AdaptiveMarginPairLoss
+from labels.outputs import OutputFolder
 from tests.conftest import REPO, copy_identities
 
 
@@ -103,7 +104,7 @@ def test_reconcile_drops_what_a_killed_run_wrote_after_its_last_save(tmp_path):
     # The run went on to step 300 (a new best) and was killed before its state was written.
     run.append_history({"step": 300, "eer": 0.1})
     kept, _ = run.keep_checkpoint(kept, 300, 0.1, 5, _saver(300))
-    (run.checkpoints / ".step_00000400.pt.abc.tmp").write_text("half a file")
+    (run.checkpoints / f".{kept[0].file}.0a1b2c3d.tmp").write_text("half a file")  # an atomic_write cut short
     assert run.best.read_text() == "weights of step 300"
     run.reconcile(200, saved)
     assert [r["step"] for r in run.history()] == [100, 200]
@@ -170,6 +171,7 @@ def reference_run(glint_work, tmp_path_factory):
     return out, dict(zip(result.steps, result.losses))
 
 
+@pytest.mark.slow
 def test_stopping_at_step_k_and_resuming_gives_the_same_next_step(glint_work, reference_run, tmp_path):
     ref_out, ref_losses = reference_run
     out = tmp_path / "run"
@@ -186,6 +188,7 @@ def test_stopping_at_step_k_and_resuming_gives_the_same_next_step(glint_work, re
     assert json.loads((out / "config.json").read_text())["max_steps"] == 4
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_result(glint_work, reference_run, tmp_path):
     ref_out, _ = reference_run
     out = tmp_path / "run"
@@ -207,6 +210,8 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_result(glint_work, refer
     history = json.loads((out / "performance_history.json").read_text())
     assert [r["step"] for r in history] == [0, 2, 4]
     assert not list(out.rglob("*.tmp"))
+    owned = OutputFolder.inspect(out, "curation.train_on_clean")  # every file of the run is listed, and exists
+    assert owned.unlisted() == [] and all((out / f).is_file() for f in owned.files)
 
 
 def test_cli_refuses_bad_input_with_one_line(glint_work, tmp_path, capsys):
@@ -221,6 +226,12 @@ def test_cli_refuses_bad_input_with_one_line(glint_work, tmp_path, capsys):
     assert "bad.pt" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "never"), "--resume"]) == 2
     assert "no run to resume" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "my_model.pt").write_text("a checkpoint of mine")  # what prune used to delete
+    assert main([str(glint_work), "--init", "random", "--out", str(mine), "--aligned", "--quiet"]) == 2
+    assert f"{mine} is not empty and holds no manifest.json" in capsys.readouterr().err
+    assert [str(p.relative_to(mine)) for p in mine.rglob("*")] == ["checkpoints", "checkpoints/my_model.pt"]
     try:
         import wandb  # noqa: F401  (only its absence is tested here)
     except ImportError:

@@ -92,6 +92,7 @@ def runs(glint_work, tmp_path_factory):
     return ref, split, out
 
 
+@pytest.mark.slow
 def test_both_ranks_end_in_step_with_the_weights_saved_in_last_pt(runs):
     ref, _, out = runs
     printed = _weights_printed(out["ref"])
@@ -102,6 +103,7 @@ def test_both_ranks_end_in_step_with_the_weights_saved_in_last_pt(runs):
     assert model.arch == "ir_18"
 
 
+@pytest.mark.slow
 def test_only_rank_0_logs_and_writes_the_run_folder(runs):
     ref, _, out = runs
     stdout = out["ref"]
@@ -110,7 +112,7 @@ def test_only_rank_0_logs_and_writes_the_run_folder(runs):
     history = json.loads((ref / "performance_history.json").read_text())
     assert [r["step"] for r in history] == [0, 4]  # two writers would have appended each record twice
     assert sorted(p.name for p in ref.iterdir()) == [
-        "best.pt", "checkpoints", "config.json", "last.pt", "performance_history.json", "state"]
+        "best.pt", "checkpoints", "config.json", "last.pt", "manifest.json", "performance_history.json", "state"]
     assert [p.name for p in (ref / "state").iterdir()] == ["step_00000004.pt"]
     assert len(list((ref / "checkpoints").iterdir())) == 1 and not list(ref.rglob("*.tmp"))
     state = torch.load(ref / "state" / "step_00000004.pt", weights_only=True)
@@ -128,6 +130,7 @@ def test_sharded_validation_gives_the_single_process_eer(runs, glint_work):
     assert (metrics["eer"], metrics["eer_threshold"]) == (history[-1]["eer"], history[-1]["eer_threshold"])
 
 
+@pytest.mark.slow
 def test_resuming_under_torchrun_continues_from_the_saved_step(runs):
     ref, split, out = runs
     assert "resuming" in out["resumed"] and "at step 2" in out["resumed"]

@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,9 +20,10 @@ import pandas as pd
 
 from curation.scoring import plots
 from curation.scoring.metrics import DEFAULT_FARS, VerificationReport, verification_report
-from labels.files import atomic_write, write_json
+from labels.outputs import OutputFolder
 
 METRICS_NAME = "metrics.json"
+COMMAND = "curation.evaluate"  # the output folders it writes belong to that command (labels.outputs)
 
 
 @dataclass
@@ -50,7 +52,9 @@ def evaluate_scores(
     identifying columns, e.g. pair_id or img1,img2, one row per pair, written in front of scores.csv), an operating
     `threshold` (default: the EER threshold), target FARs, and `source` (what was scored; stored in metrics.json).
     Output: EvaluationOutput. Writes `out_dir/metrics.json` (VerificationReport.to_dict() + source + time),
-    `scores.csv`, and `roc`, `det`, `scores` plots (.html, .png where kaleido works). Raises ValueError for bad arrays.
+    `scores.csv`, and `roc`, `det`, `scores` plots (.html, .png where kaleido works), each listed in out_dir's
+    manifest. Raises ValueError for bad arrays, OutputFolderError when out_dir is not absent, empty or an evaluation
+    folder (labels.outputs).
 
     Example:
         >>> out = evaluate_scores([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0], Path("eval/demo"))
@@ -59,20 +63,18 @@ def evaluate_scores(
     """
     report = verification_report(scores, labels, types, threshold=threshold, fars=fars)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    owned = OutputFolder.claim(out_dir, COMMAND)
     record = report.to_dict()
     record["source"] = source or {}
     record["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    metrics_path = out_dir / METRICS_NAME
-    write_json(metrics_path, record, allow_nan=False)
+    metrics_path = owned.write(METRICS_NAME, json.dumps(record, indent=1, allow_nan=False) + "\n")
 
     table = pd.DataFrame({"similarity": np.asarray(scores, dtype=np.float64), "label": np.asarray(labels).astype(int)})
     if types is not None:
         table["type"] = np.asarray(types)
     if ids is not None:
         table = pd.concat([ids.reset_index(drop=True), table], axis=1)
-    scores_path = out_dir / "scores.csv"
-    atomic_write(scores_path, lambda tmp: table.to_csv(tmp, index=False))
+    scores_path = owned.write("scores.csv", lambda tmp: table.to_csv(tmp, index=False))
 
     files, notes = [metrics_path, scores_path], []
     name = out_dir.resolve().name
@@ -82,7 +84,7 @@ def evaluate_scores(
         ("det", plots.det_figure({name: report.curve}, marks=mark)),
         ("scores", plots.score_histogram(scores, labels, types, threshold=report.threshold)),
     ):
-        written, note = plots.save_figure(fig, out_dir / stem)
+        written, note = plots.save_figure(fig, out_dir / stem, owned)
         files += written
         if note and note not in notes:
             notes.append(note)

@@ -21,6 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from curation.scoring.metrics import Curve
+from labels.outputs import OutputFolder
 
 # DET axes are normal deviates (as in bob.measure and NIST's DET plots); these error rates get tick labels.
 _DET_TICKS = (1e-5, 1e-4, 1e-3, 1e-2, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
@@ -118,13 +119,20 @@ def score_histogram(scores, labels, types=None, *, threshold: float | None = Non
     return fig
 
 
-def save_figure(fig: go.Figure, stem: Path) -> tuple[list[Path], str | None]:
+PLOTLY_JS = "plotly.min.js"  # what include_plotlyjs="directory" writes beside the page
+
+
+def save_figure(fig: go.Figure, stem: Path, owned: OutputFolder | None = None) -> tuple[list[Path], str | None]:
     """Write `stem.html` (plotly.js beside it, so the page opens offline) and `stem.png` when kaleido is importable.
 
-    Output: (written files, a note when the PNG was skipped or failed, else None).
+    owned: the output folder `stem` is in (labels.outputs); the files are listed in its manifest before they are
+    written. Output: (written files, a note when the PNG was skipped or failed, else None).
     """
     stem = Path(stem)
     html = stem.with_suffix(".html")
+    if owned is not None:
+        files = (html, stem.with_suffix(".png"), html.with_name(PLOTLY_JS))
+        owned.add(*(p.absolute().relative_to(owned.root).as_posix() for p in files))
     fig.write_html(html, include_plotlyjs="directory")
     written = [html]
     if importlib.util.find_spec("kaleido") is None:

@@ -93,3 +93,8 @@ def predict_pairs(
 def problems_path(out: Path) -> Path:
     """Where the problems of a submission are listed: submission.csv -> submission.problems.csv."""
     return out.with_name(f"{out.stem}.problems.csv")
+
+
+def manifest_name(out: Path) -> str:
+    """The manifest (labels.outputs) beside a submission, naming the files predict wrote: submission.manifest.json."""
+    return f"{out.stem}.manifest.json"

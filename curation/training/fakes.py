@@ -19,7 +19,9 @@ benchmark; train for deployment on real deepfakes when you have them.
 
 OUT is a complete dataset in the challenge layout: `OUT/images/<identity>/<file>` (real photos hard-linked, or copied
 across file systems) plus the fakes as `OUT/images/<identity>/fake_<kind>_<k>.jpg`, `OUT/meta.json` mapping each
-`<identity>/<file>` to 0 (real) or 1 (deepfake), and `OUT/fakes.csv` saying which photos each fake was made from.
+`<identity>/<file>` to 0 (real) or 1 (deepfake), `OUT/fakes.csv` saying which photos each fake was made from, and
+`OUT/manifest.json` listing every file written (OUT is refused unless it is absent, empty or an earlier fakes output:
+see labels.outputs).
 
 Example:
     python -m curation.fakes ~/data/lfw --out ~/data/lfw_with_fakes --per-identity 4
@@ -47,8 +49,10 @@ from labels.cli import UserError
 from labels.files import atomic_write, write_json
 from labels.imagefile import ImageError, read_rgb
 from labels.layouts import read_layout
+from labels.outputs import OutputFolder
 
 KINDS = ("swap", "morph")
+COMMAND = "curation.fakes"
 
 # dlib 68-point indices: 0-16 jaw line, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67 mouth. Swapping the whole hull (jaw
 # included) keeps A's face shape: with the inner face alone (17-67) dlib placed the result as close to B as to A.
@@ -335,12 +339,15 @@ def make_fakes(
         raise UserError(f"{data}: needs at least two identities with real photos (a fake of A is made on B's photo)")
 
     settings = {"per_identity": per_identity, "kinds": list(kinds), "weight_a": weight_a, "seed": seed}
-    _check_settings(out / "fakes_settings.json", settings)
+    folder = OutputFolder.claim(out, COMMAND)
+    _check_settings(folder, settings)
 
     images = out / "images"
     meta: dict[str, int] = {}
-    for p in photos:
-        key = f"{p.identity}/{Path(p.rel).name}"
+    keys = [f"{p.identity}/{Path(p.rel).name}" for p in photos]
+    planned = [f"{name}/fake_{kinds[k % len(kinds)]}_{k:02d}.jpg" for name in names for k in range(per_identity)]
+    folder.add(*(f"images/{key}" for key in [*keys, *planned]), "fakes.csv", "meta.json")  # listed before written
+    for p, key in zip(photos, keys):
         if key in meta:
             raise UserError(f"{data}: two photos of {p.identity} are both named {Path(p.rel).name}")
         _link_or_copy(root / p.rel, images / key)
@@ -399,11 +406,13 @@ def make_fakes(
         for row in csv.DictReader(f):
             meta[row["path"]] = 1
     write_json(out / "meta.json", meta, sort_keys=True)
+    folder.delete(*(f"images/{rel}" for rel in planned if rel not in meta))  # fakes no attempt could make
     return summary
 
 
-def _check_settings(path: Path, settings: dict) -> None:
+def _check_settings(folder: OutputFolder, settings: dict) -> None:
     """An OUT made with other settings cannot be resumed: its finished identities would not match the new ones."""
+    path = folder.path("fakes_settings.json")
     if path.exists():
         try:
             before = json.loads(path.read_text())
@@ -412,8 +421,7 @@ def _check_settings(path: Path, settings: dict) -> None:
         if before != settings:
             raise UserError(f"{path.parent}: made earlier with other settings ({before}); choose another --out")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, settings, sort_keys=True)
+        folder.write("fakes_settings.json", json.dumps(settings, sort_keys=True) + "\n")
 
 
 def read_dataset(data: Path) -> tuple[Path, list[Photo]]:

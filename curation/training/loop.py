@@ -56,7 +56,6 @@ from curation.training.data import (
 )
 from curation.training.config import TrainConfig
 from curation.training.run_folder import Kept, RunFolder, kept_from_state, kept_to_state
-from labels.files import write_json
 from embeddings import CheckpointError, build_backbone, load_backbone, read_checkpoint, save_backbone
 from embeddings.device import amp_dtype, autocast
 from embeddings.losses import AdaFaceHead, AdaptiveMarginPairLoss
@@ -255,6 +254,7 @@ def _train(
 ) -> TrainResult:
     """The body of `train`, run by every rank (rank 0 alone writes files; the others get `say` silenced)."""
     run = RunFolder(cfg.out)
+    run.check()
     if not resume and run.has_run():
         raise TrainError(f"{cfg.out} already holds a run: add --resume to continue it, or choose another --out")
     per_rank = 1 if cfg.objective == "pair" else 2  # batch norm needs two images per process
@@ -284,8 +284,7 @@ def _train(
     if world.is_main:
         # Written once the inputs are known to be usable (so a failed start leaves no run behind), and on resume too:
         # it records the options the run now continues with.
-        run.path.mkdir(parents=True, exist_ok=True)
-        write_json(run.config, cfg.to_dict())
+        run.write_config(cfg.to_dict())
     classes = {name: i for i, name in enumerate(data.train_ids)} if cfg.objective == "adaface" else None
 
     # The AdaFace head and dropout draw from here on, each rank from a stream of its own (rank 0's is the
@@ -489,6 +488,7 @@ def _make_logger(cfg: TrainConfig, run: RunFolder) -> Callable[[dict, int], None
             import wandb
         except ImportError:
             raise TrainError("--log wandb: the wandb package is not installed (pip install wandb), or drop --log") from None
+        run.owned.manage("wandb")
         wandb.init(project="facecur", name=run.path.name, dir=str(run.path), config=cfg.to_dict(), resume="allow")
         return lambda record, step: wandb.log(numbers(record), step=step)
     try:
@@ -497,6 +497,7 @@ def _make_logger(cfg: TrainConfig, run: RunFolder) -> Callable[[dict, int], None
         raise TrainError(
             "--log tensorboard: the tensorboard package is not installed (pip install tensorboard), or drop --log"
         ) from None
+    run.owned.manage("tensorboard")
     writer = SummaryWriter(log_dir=str(run.path / "tensorboard"))
 
     def log(record: dict, step: int) -> None:

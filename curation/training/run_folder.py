@@ -6,6 +6,9 @@ Layout of RUN:
     last.pt, best.pt             backbones in the format embeddings.load_backbone reads (meta: step, epoch, eer, ...)
     checkpoints/step_<step>_eer_<eer>.pt   the `keep_best` best by validation EER (older ones deleted)
     state/step_<step>.pt         optimizer, scheduler, scaler, head, data order (epoch, step), RNG states, kept list
+    manifest.json                every file above (labels.outputs): RUN must be absent, empty or a run folder, and
+                                 only files it lists are ever deleted or replaced; tensorboard/ and wandb/ are the
+                                 loggers' own
 
 Why the state file carries its step in its name: last.pt and its training state are two files, and a kill can land
 between their two writes. The state for step S is written first, then last.pt (meta step S), then older states are
@@ -25,11 +28,13 @@ from pathlib import Path
 
 from labels.cli import UserError
 from labels.files import atomic_write, write_json
+from labels.outputs import OutputFolder
 
 # torch is imported by the methods that save and load training state only: the review app and
 # `curation.evaluate --compare` read run folders without paying for it.
 
 HISTORY_NAME = "performance_history.json"
+COMMAND = "curation.train_on_clean"
 
 
 def read_history(path: str | Path) -> list[dict]:
@@ -79,7 +84,8 @@ def update_top_k(kept: list[Kept], new: Kept, k: int) -> tuple[list[Kept], list[
 
 
 class RunFolder:
-    """Paths and crash-safe writes of one run folder."""
+    """Paths and crash-safe writes of one run folder. Every file is listed in RUN/manifest.json before it is written
+    (`labels.outputs.OutputFolder`), and only listed files are deleted."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -89,10 +95,29 @@ class RunFolder:
         self.best = self.path / "best.pt"
         self.checkpoints = self.path / "checkpoints"
         self.states = self.path / "state"
+        self._owned: OutputFolder | None = None
+
+    def check(self) -> None:
+        """Refuse (OutputFolderError, before any work) a RUN that is not absent, empty or a run folder of ours."""
+        OutputFolder.inspect(self.path, COMMAND)
+
+    @property
+    def owned(self) -> OutputFolder:
+        """The run folder as an output folder of this tool, claimed (created) at the first write."""
+        if self._owned is None:
+            self._owned = OutputFolder.claim(self.path, COMMAND)
+        return self._owned
 
     def has_run(self) -> bool:
         """True when a run has already been started here (so a fresh start would mix two runs)."""
         return self.config.exists()
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.path).as_posix()
+
+    def write_config(self, values: dict) -> None:
+        self.owned.add(self._rel(self.config))
+        write_json(self.config, values)
 
     # ---- history ----------------------------------------------------------------------------------------------
     def history(self) -> list[dict]:
@@ -100,6 +125,7 @@ class RunFolder:
 
     def append_history(self, record: dict) -> None:
         """Rewrite the whole file with one more record (it stays small: one record per validation)."""
+        self.owned.add(HISTORY_NAME)
         write_json(self.history_file, [*self.history(), record])
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -114,6 +140,7 @@ class RunFolder:
         entry = Kept(step, float(eer), f"step_{step:08d}_eer_{eer:.4f}.pt")
         kept, _ = update_top_k(kept, entry, k)
         if entry in kept:
+            self.owned.add(self._rel(self.checkpoints / entry.file))
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             save(self.checkpoints / entry.file)
         is_best = kept[0] == entry
@@ -122,15 +149,14 @@ class RunFolder:
         return kept, is_best
 
     def prune(self, kept: list[Kept]) -> None:
-        """Delete checkpoint files not in `kept`, and temporary files a killed write left behind."""
-        names = {x.file for x in kept}
-        for f in self.checkpoints.glob("*.pt") if self.checkpoints.exists() else []:
-            if f.name not in names:
-                f.unlink()
-        for tmp in self.path.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        """Delete the checkpoint files this run wrote that are not in `kept`, and temporaries a killed write left."""
+        keep = {self._rel(self.checkpoints / x.file) for x in kept}
+        prefix = self._rel(self.checkpoints) + "/"
+        self.owned.delete(*(f for f in self.owned.files if f.startswith(prefix) and f not in keep))
+        self.owned.remove_temps()
 
     def _copy_atomic(self, src: Path, dst: Path) -> None:
+        self.owned.add(self._rel(dst))
         atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
     # ---- training state ---------------------------------------------------------------------------------------
@@ -140,14 +166,14 @@ class RunFolder:
     def save_last(self, state: dict, save_model: Callable[[Path], None]) -> None:
         """Write the training state for `state['step']`, then last.pt, then drop older states (see module doc)."""
         step = int(state["step"])
-        self.path.mkdir(parents=True, exist_ok=True)
         import torch
 
-        atomic_write(self.state_path(step), lambda tmp: torch.save(state, tmp))
+        current = self._rel(self.state_path(step))
+        self.owned.write(current, lambda tmp: torch.save(state, tmp))
+        self.owned.add(self._rel(self.last))
         save_model(self.last)
-        for old in self.states.glob("step_*.pt"):
-            if old.name != self.state_path(step).name:
-                old.unlink(missing_ok=True)
+        prefix = self._rel(self.states) + "/"
+        self.owned.delete(*(f for f in self.owned.files if f.startswith(prefix) and f != current))
 
     def load_state(self, step: int) -> dict:
         path = self.state_path(step)
@@ -169,8 +195,8 @@ class RunFolder:
         self.prune(kept)
         if kept:
             self._copy_atomic(self.checkpoints / kept[0].file, self.best)
-        else:
-            self.best.unlink(missing_ok=True)
+        elif self._rel(self.best) in self.owned.files:
+            self.owned.delete(self._rel(self.best))
 
 
 def kept_to_state(kept: list[Kept]) -> list[dict]:
