@@ -551,6 +551,7 @@ class LabelStore:
                 )
             }
             path_ids = dict(db.execute("SELECT path, id FROM images").fetchall())
+            rows = []
             for f in flags:
                 check_kind(f.kind)
                 image_id = None
@@ -560,22 +561,15 @@ class LabelStore:
                         raise StoreError(f"flag {f.kind} names {f.image_path!r}, which was never ingested")
                 if (f.kind, image_id, f.identity, f.suggested_identity) in answered:
                     continue
-                db.execute(
-                    "INSERT INTO flags(source, kind, image_id, identity, suggested_identity, component, score,"
-                    " details, created) VALUES(?,?,?,?,?,?,?,?,?)",
-                    (
-                        source,
-                        f.kind,
-                        image_id,
-                        f.identity,
-                        f.suggested_identity,
-                        f.component,
-                        None if f.score is None else float(f.score),
-                        json.dumps(f.details, sort_keys=True),
-                        now,
-                    ),
-                )
-                added += 1
+                rows.append((source, f.kind, image_id, f.identity, f.suggested_identity, f.component,
+                             None if f.score is None else float(f.score), json.dumps(f.details, sort_keys=True), now))
+            # one prepared statement for every row (not one execute per flag): the 10M-photo clean spent minutes here
+            db.executemany(
+                "INSERT INTO flags(source, kind, image_id, identity, suggested_identity, component, score,"
+                " details, created) VALUES(?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            added = len(rows)
         return added
 
     def flags(
