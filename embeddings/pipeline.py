@@ -30,31 +30,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from embeddings.align import CROP_SIZE, AlignResult, align, center_crop
+from embeddings.align import CROP_SIZE
 from embeddings.align import align_id as make_align_id
 from embeddings.cache import (
     METHOD_CODES,
     ShardStore,
-    alignment_dtype,
     alignment_store,
     check_key,
     crop_path,
     embedding_store,
-    encode_problem,
     read_crop,
-    write_crop,
 )
-from embeddings.detectors import Detector, DlibDetector, make_detector
 from embeddings.embedders import Embedder
+from embeddings.photo import MODE_ALIGN, MODE_FALLBACK, MODE_FROM_CACHE, PhotoAligner, get_detector, single_threaded
 from labels.files import file_sha256
 from labels.cli import UserError
-from labels.imagefile import ImageError, read_rgb
 
 __all__ = [
     "CropDataset",
@@ -69,16 +64,7 @@ __all__ = [
 ENGINES = ("local", "ray")  # where the pass runs: DataLoader workers + this process, or a Ray cluster
 
 # What a worker is asked to do for one photo.
-_FROM_CACHE = 0  # read the cached crop (re-align if it is missing or damaged)
-_ALIGN = 1  # decode and align
-_FALLBACK = 2  # known to have no face: decode and take the centre crop (center_crop_fallback)
-
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# Detectors by (spec, pid of the process that built them). The main process builds one before the workers start (a bad
-# model file is then one clear error, not a failure per photo); forked workers reuse the fork-safe ones (dlib: plain
-# memory, no threads; saves 2 s of loading per worker) and build the others (onnxruntime sessions, whose thread pools do
-# not survive a fork) themselves, leaving the parent's copy untouched: even destroying it in the child can hang.
-_DETECTORS: dict[tuple[str, int], Detector] = {}
 # Should not happen (every crop of a run is embedded before the caches close); said plainly if it ever does.
 _NO_EMBEDDING = "error: no embedding was stored for this crop (re-run to retry)"
 
@@ -122,58 +108,6 @@ def embedding_cache_id(embedder_id: str, align_id: str) -> str:
 # ------------------------------------------------------------------------------------------------------------- workers
 
 
-def _record(dtype: np.dtype, key: str, result: AlignResult) -> np.void:
-    """The alignment outcome as stored in the cache."""
-    rec = np.zeros(1, dtype)
-    rec["key"] = key.encode("ascii")
-    rec["method"] = METHOD_CODES.index(result.method)
-    if result.landmarks is not None:
-        rec["points"] = result.landmarks
-    if result.box is not None:
-        rec["box"] = result.box
-    rec["problem"] = encode_problem(result.problem)
-    return rec[0]
-
-
-@dataclass(frozen=True)
-class PhotoAligner:
-    """The per-photo work of a pass: decode + align one photo (or read its cached crop) and write its crop file.
-
-    Plain settings, so it pickles: the local pass hands it to DataLoader workers, the Ray engine to its actors (which
-    then write the crops into `cache_dir` themselves: on a cluster that folder must be on a shared filesystem).
-    Call it with (path, content key, mode) -> (crop or None, new alignment record or None, error status or None).
-    """
-
-    detector: str
-    aligned: bool
-    fallback: bool
-    cache_dir: Path
-    align_id: str
-
-    def __call__(self, path: str, key: str, mode: int) -> tuple[np.ndarray | None, np.void | None, str | None]:
-        target = crop_path(self.cache_dir, self.align_id, key)
-        if mode == _FROM_CACHE:
-            crop = read_crop(target)
-            if crop is not None and crop.shape == (CROP_SIZE, CROP_SIZE, 3):
-                return crop, None, None
-            mode = _ALIGN  # missing or damaged: make it again
-        try:
-            rgb = read_rgb(path)
-        except ImageError as exc:
-            return None, None, f"unreadable: {exc.reason}"
-        detector = None if self.aligned or mode == _FALLBACK else get_detector(self.detector)
-        try:
-            if mode == _FALLBACK:
-                result = AlignResult(center_crop(rgb), method="center_crop")
-            else:
-                result = align(rgb, detector, aligned=self.aligned, center_crop_fallback=self.fallback)
-            if result.crop is not None:
-                write_crop(target, result.crop)
-        except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch
-            return None, None, f"no_face: alignment failed ({type(exc).__name__}: {exc})"
-        return result.crop, _record(alignment_dtype(), key, result), None
-
-
 class _AlignDataset(Dataset):
     """Tasks for DataLoader workers: `PhotoAligner` on one photo.
 
@@ -193,32 +127,6 @@ class _AlignDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, np.void | None, str | None]:
         """(task index, crop or None, new alignment record or None, error status or None)."""
         return i, *self.aligner(str(self.paths[i]), str(self.keys[i]), int(self.modes[i]))
-
-
-def get_detector(spec: str, threads: int | None = None) -> Detector:
-    """This process's detector for `spec`, built once (the pass builds it before starting workers; a caller that wants
-    the loading time out of a measurement, or a clear error before a long run, may call it first).
-
-    threads: for an ONNX detector built by this call; None = 1 in a DataLoader worker, else one per core.
-    """
-    key = (spec, os.getpid())
-    if key not in _DETECTORS:
-        inherited = [d for (s, _), d in _DETECTORS.items() if s == spec and _fork_safe(d)]
-        if threads is None:
-            threads = 1 if torch.utils.data.get_worker_info() is not None else 0
-        _DETECTORS[key] = inherited[0] if inherited else make_detector(spec, threads=threads)
-    return _DETECTORS[key]
-
-
-def _fork_safe(detector: Detector) -> bool:
-    return isinstance(detector, DlibDetector)
-
-
-def single_threaded() -> None:
-    """For a process that decodes and aligns beside others (DataLoader worker, Ray actor): one thread for torch and
-    OpenCV, so that the workers together use the cores they were given, not each all of them."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(0)
 
 
 def _worker_init(_: int) -> None:
@@ -244,10 +152,7 @@ def _collate(items: list) -> tuple[torch.Tensor, list]:
     return stacked, [(i, crop is not None, record, error) for i, crop, record, error in items]
 
 
-Batch = tuple[list, np.ndarray | None, np.ndarray | None]
-"""What an engine hands the driver per batch: ([(task index, has crop, new alignment record or None, error or None)],
-unit embeddings [n_crops, D] and norms [n_crops] of the photos with a crop, in task order; None without an embedder).
-"""
+
 
 
 def _local_batches(dataset: _AlignDataset, embedder: Embedder | None, batch_size: int, workers: int):
@@ -313,12 +218,12 @@ def _plan(records: np.ndarray, found: np.ndarray, done: np.ndarray, fallback: bo
     modes = np.full(len(found), 255, np.uint8)
     for u in range(len(found)):
         if not found[u]:
-            modes[u] = _ALIGN
+            modes[u] = MODE_ALIGN
         elif _status(records[u], fallback)[0] == "ok":
             if not done[u]:
-                modes[u] = _FROM_CACHE
+                modes[u] = MODE_FROM_CACHE
         elif fallback and records[u]["problem"].startswith(b"no_face") and records[u]["method"] == 0:
-            modes[u] = _FALLBACK
+            modes[u] = MODE_FALLBACK
     return modes
 
 
@@ -384,7 +289,7 @@ def _run(
         done = np.array([crop_path(cache_dir, aid, k).exists() for k in ukeys], bool)
     modes = _plan(records, found, done, fallback)
     todo = np.flatnonzero(modes != 255)
-    if not aligned and np.isin(modes, (_ALIGN, _FROM_CACHE)).any():
+    if not aligned and np.isin(modes, (MODE_ALIGN, MODE_FROM_CACHE)).any():
         get_detector(detector)  # fail now on a bad model file; forked workers inherit it when that is safe
 
     aligner = PhotoAligner(detector, aligned, fallback, cache_dir, aid)
@@ -413,7 +318,7 @@ def _run(
                     if record is not None:
                         problem = records["problem"][u]
                         records[u] = record
-                        if modes[u] == _FALLBACK:  # keep the reason no face was found
+                        if modes[u] == MODE_FALLBACK:  # keep the reason no face was found
                             records["problem"][u] = problem
                         new.append(u)
                     if has_crop:

@@ -41,7 +41,7 @@ import labels
 from embeddings.align import CROP_SIZE
 from embeddings.cache import alignment_dtype
 from embeddings.embedders import Embedder, EmbedderError, make_embedder
-from embeddings.pipeline import Batch, PhotoAligner, get_detector, single_threaded
+from embeddings.photo import Batch, PhotoAligner, get_detector, single_threaded
 
 __all__ = ["init_ray", "ray_batches"]
 
@@ -92,7 +92,7 @@ class _EmbedActor:
 
 
 def _to_batch(columns: dict[str, np.ndarray]) -> Batch:
-    """A result block as `embeddings.pipeline.Batch`, the form the driver's cache-writing loop takes."""
+    """A result block as `embeddings.photo.Batch`, the form the driver's cache-writing loop takes."""
     records = np.ascontiguousarray(columns["record"]).view(alignment_dtype())[:, 0]
     has = columns["has_crop"].astype(bool)
     metas = [

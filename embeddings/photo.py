@@ -1,0 +1,116 @@
+"""The per-photo work of an embedding pass, shared by both engines: decode and align one photo (or read its cached
+crop), write its crop file, and the detector each process builds once.
+
+`embeddings.pipeline` plans a pass and picks an engine; `pipeline` (local DataLoader workers) and
+`embeddings.ray_engine` both call `PhotoAligner`, so neither engine needs the other's module.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from embeddings.align import CROP_SIZE, AlignResult, align, center_crop
+from embeddings.cache import METHOD_CODES, alignment_dtype, crop_path, encode_problem, read_crop, write_crop
+from embeddings.detectors import Detector, DlibDetector, make_detector
+from labels.imagefile import ImageError, read_rgb
+
+# Task modes: what a photo needs in this pass.
+MODE_FROM_CACHE = 0  # read the cached crop (re-align if it is missing or damaged)
+MODE_ALIGN = 1  # decode and align
+MODE_FALLBACK = 2  # known to have no face: decode and take the centre crop (center_crop_fallback)
+
+
+# Detectors by (spec, pid of the process that built them). The main process builds one before the workers start (a bad
+# model file is then one clear error, not a failure per photo); forked workers reuse the fork-safe ones (dlib: plain
+# memory, no threads; saves 2 s of loading per worker) and build the others (onnxruntime sessions, whose thread pools do
+# not survive a fork) themselves, leaving the parent's copy untouched: even destroying it in the child can hang.
+_DETECTORS: dict[tuple[str, int], Detector] = {}
+
+
+def _record(dtype: np.dtype, key: str, result: AlignResult) -> np.void:
+    """The alignment outcome as stored in the cache."""
+    rec = np.zeros(1, dtype)
+    rec["key"] = key.encode("ascii")
+    rec["method"] = METHOD_CODES.index(result.method)
+    if result.landmarks is not None:
+        rec["points"] = result.landmarks
+    if result.box is not None:
+        rec["box"] = result.box
+    rec["problem"] = encode_problem(result.problem)
+    return rec[0]
+
+
+@dataclass(frozen=True)
+class PhotoAligner:
+    """The per-photo work of a pass: decode + align one photo (or read its cached crop) and write its crop file.
+
+    Plain settings, so it pickles: the local pass hands it to DataLoader workers, the Ray engine to its actors (which
+    then write the crops into `cache_dir` themselves: on a cluster that folder must be on a shared filesystem).
+    Call it with (path, content key, mode) -> (crop or None, new alignment record or None, error status or None).
+    """
+
+    detector: str
+    aligned: bool
+    fallback: bool
+    cache_dir: Path
+    align_id: str
+
+    def __call__(self, path: str, key: str, mode: int) -> tuple[np.ndarray | None, np.void | None, str | None]:
+        target = crop_path(self.cache_dir, self.align_id, key)
+        if mode == MODE_FROM_CACHE:
+            crop = read_crop(target)
+            if crop is not None and crop.shape == (CROP_SIZE, CROP_SIZE, 3):
+                return crop, None, None
+            mode = MODE_ALIGN  # missing or damaged: make it again
+        try:
+            rgb = read_rgb(path)
+        except ImageError as exc:
+            return None, None, f"unreadable: {exc.reason}"
+        detector = None if self.aligned or mode == MODE_FALLBACK else get_detector(self.detector)
+        try:
+            if mode == MODE_FALLBACK:
+                result = AlignResult(center_crop(rgb), method="center_crop")
+            else:
+                result = align(rgb, detector, aligned=self.aligned, center_crop_fallback=self.fallback)
+            if result.crop is not None:
+                write_crop(target, result.crop)
+        except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch
+            return None, None, f"no_face: alignment failed ({type(exc).__name__}: {exc})"
+        return result.crop, _record(alignment_dtype(), key, result), None
+
+
+def get_detector(spec: str, threads: int | None = None) -> Detector:
+    """This process's detector for `spec`, built once (the pass builds it before starting workers; a caller that wants
+    the loading time out of a measurement, or a clear error before a long run, may call it first).
+
+    threads: for an ONNX detector built by this call; None = 1 in a DataLoader worker, else one per core.
+    """
+    key = (spec, os.getpid())
+    if key not in _DETECTORS:
+        inherited = [d for (s, _), d in _DETECTORS.items() if s == spec and _fork_safe(d)]
+        if threads is None:
+            threads = 1 if torch.utils.data.get_worker_info() is not None else 0
+        _DETECTORS[key] = inherited[0] if inherited else make_detector(spec, threads=threads)
+    return _DETECTORS[key]
+
+
+def _fork_safe(detector: Detector) -> bool:
+    return isinstance(detector, DlibDetector)
+
+
+def single_threaded() -> None:
+    """For a process that decodes and aligns beside others (DataLoader worker, Ray actor): one thread for torch and
+    OpenCV, so that the workers together use the cores they were given, not each all of them."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
+
+
+Batch = tuple[list, np.ndarray | None, np.ndarray | None]
+"""What an engine hands the driver per batch: ([(task index, has crop, new alignment record or None, error or None)],
+unit embeddings [n_crops, D] and norms [n_crops] of the photos with a crop, in task order; None without an embedder).
+"""
