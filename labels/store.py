@@ -113,23 +113,15 @@ CREATE TABLE IF NOT EXISTS decision_batches(
 );
 CREATE INDEX IF NOT EXISTS decision_batches_batch ON decision_batches(batch);
 
-CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decision_images_no_update BEFORE UPDATE ON decision_images
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decision_images_no_delete BEFORE DELETE ON decision_images
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decision_flags_no_delete BEFORE DELETE ON decision_flags
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decision_flags_no_update BEFORE UPDATE ON decision_flags
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decision_batches_no_update BEFORE UPDATE ON decision_batches
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decision_batches_no_delete BEFORE DELETE ON decision_batches
-BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;
 """
+
+# The decision log's tables are append-only: the database itself refuses an UPDATE or DELETE of their rows.
+_APPEND_ONLY = ("decisions", "decision_images", "decision_flags", "decision_batches")
+_SCHEMA += "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}\n"
+    "BEGIN SELECT RAISE(ABORT, 'the decision log is append-only'); END;\n"
+    for table in _APPEND_ONLY for op in ("UPDATE", "DELETE")
+)
 
 # Flags whose decision has not been undone count as answered.
 _LIVE_DECISION = "d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)"
