@@ -54,8 +54,6 @@ def _pair_pads(pads: list[int], dims: int) -> list[int]:
 def _conv(m: "OnnxModule", n: _Node, x, w, b=None):
     dims = w.dim() - 2
     pads = list(n.attrs.get("pads", [0] * 2 * dims))
-    if n.attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
-        raise OnnxConversionError(f"node {n.name!r} (Conv): auto_pad={n.attrs['auto_pad']!r} is not supported")
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
     symmetric = pads[:dims] == pads[dims:]
     if not symmetric:
@@ -136,7 +134,7 @@ def _flatten(m: "OnnxModule", n: _Node, x):
 
 
 def _dropout(m: "OnnxModule", n: _Node, x, *rest):
-    return F.dropout(x, n.attrs.get("ratio", 0.5), training=m.training) if m.training else x
+    return F.dropout(x, n.attrs.get("ratio", 0.5), training=m.training)
 
 
 _OPS: dict[str, Callable] = {
@@ -176,15 +174,21 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
-        out[a.name] = numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v
+        if isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        out[a.name] = v
     return out
 
 
 def _constant_value(node: _Node) -> np.ndarray:
-    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+    if "value" in node.attrs:
+        return node.attrs["value"]
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
         if key in node.attrs:
-            v = node.attrs[key]
-            return np.asarray(v, dtype=np.float32 if "float" in key else np.int64) if "value_" in key else v
+            return np.asarray(node.attrs[key], dtype=dtype)
     raise OnnxConversionError(f"node {node.name!r} (Constant): no tensor value (only value/value_float(s)/value_int(s))")
 
 
@@ -213,6 +217,10 @@ class OnnxModule(nn.Module):
                 raise OnnxConversionError(
                     f"node {name!r}: op {node.op_type!r} is not supported by the ONNX -> torch converter "
                     f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
+            auto_pad = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "auto_pad"), b"")
+            if auto_pad not in (b"", b"NOTSET", b"VALID"):
+                raise OnnxConversionError(f"node {name!r} ({node.op_type}): auto_pad={auto_pad.decode()} is not "
+                                          "supported (export with explicit pads)")
             self.nodes.append(_Node(node.op_type, name, tuple(node.input), tuple(node.output), _attrs(node)))
         buffer_inputs = {n.inputs[k] for n in self.nodes for k in _BUFFER_INPUTS.get(n.op, ()) if k < len(n.inputs)}
         self._slot: dict[str, str] = {}

@@ -63,7 +63,6 @@ __all__ = [
 
 ENGINES = ("local", "ray")  # where the pass runs: DataLoader workers + this process, or a Ray cluster
 
-# What a worker is asked to do for one photo.
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Should not happen (every crop of a run is embedded before the caches close); said plainly if it ever does.
 _NO_EMBEDDING = "error: no embedding was stored for this crop (re-run to retry)"
@@ -150,9 +149,6 @@ def _collate(items: list) -> tuple[torch.Tensor, list]:
     empty = torch.zeros((0, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8)
     stacked = torch.from_numpy(np.stack(crops)) if crops else empty
     return stacked, [(i, crop is not None, record, error) for i, crop, record, error in items]
-
-
-
 
 
 def _local_batches(dataset: _AlignDataset, embedder: Embedder | None, batch_size: int, workers: int):

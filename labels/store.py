@@ -530,7 +530,6 @@ class LabelStore:
         nor doubles a flag whose answer was undone (that one is open again already).
         """
         now = _now()
-        added = 0
         with self.transaction() as db:
             db.execute(
                 "DELETE FROM flags WHERE source=? AND status='open' AND id NOT IN (SELECT flag_id FROM decision_flags)",
@@ -561,8 +560,7 @@ class LabelStore:
                 " details, created) VALUES(?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-            added = len(rows)
-        return added
+        return len(rows)
 
     def flags(
         self,

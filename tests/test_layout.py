@@ -65,7 +65,7 @@ def test_each_package_imports_only_what_it_may(package):
 
 
 def test_no_module_outside_labels_issues_sql():
-    files = [p for p in REPO.glob("*.py")] + [
+    files = list(REPO.glob("*.py")) + [
         p for d in ("embeddings", "curation", "review_pages", "benchmarks") for p in (REPO / d).rglob("*.py")]
     offenders = []
     for path in files:

@@ -157,3 +157,15 @@ def test_a_file_that_is_not_onnx_names_the_file(tmp_path):
     bad.write_bytes(b"\x00not a protobuf at all" * 10)
     with pytest.raises(OnnxConversionError, match=r"weights\.onnx: not a readable ONNX model"):
         load_onnx_module(bad)
+
+
+def test_same_padding_is_refused_when_the_file_is_read_not_when_it_first_runs(tmp_path):
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="same_conv", auto_pad="SAME_UPPER")]
+    graph = helper.make_graph(
+        nodes, "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 8, 8])], [w])
+    path = tmp_path / "same.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    with pytest.raises(OnnxConversionError, match=r"same\.onnx: node 'same_conv' \(Conv\): auto_pad=SAME_UPPER"):
+        load_onnx_module(path, require_embedder=False)
