@@ -297,9 +297,15 @@ class OnnxModule(nn.Module):
     def parameters_after(self, cut: str) -> list[nn.Parameter]:
         """The trainable parameters the graph uses after tensor `cut` (in first-use order): what trains when the part
         before the cut is frozen."""
-        begin = self._producer(cut) + 1
-        names = dict.fromkeys(i for n in self.nodes[begin:] for i in n.inputs if i in self._slot)
-        return [p for p in (getattr(self, self._slot[k]) for k in names) if isinstance(p, nn.Parameter)]
+        return list(dict.fromkeys(p for layer in self._layers(self._producer(cut) + 1) for p in layer))
+
+    def layers_after(self, cut: str) -> int:
+        """How many layers (nodes with trainable parameters: a Conv, a Gemm, a PRelu ...) come after tensor `cut`."""
+        return len(self._layers(self._producer(cut) + 1))
+
+    def _layers(self, begin: int) -> list[list[nn.Parameter]]:
+        params = ([getattr(self, self._slot[i]) for i in n.inputs if i in self._slot] for n in self.nodes[begin:])
+        return [ps for ps in ([p for p in group if isinstance(p, nn.Parameter)] for group in params) if ps]
 
 def load_onnx_module(path: str | Path, *, require_embedder: bool = True) -> OnnxModule:
     """Read an ONNX file into a trainable `OnnxModule`.

@@ -188,5 +188,6 @@ def test_cutting_the_graph_gives_the_same_embedding_and_the_tail_trains_alone(mo
     # the parameters after the last stage's input are the 9 convolutions (weight + bias) of the 7x7 stage and head
     tail = module.parameters_after("/features/features.12/conv/conv.2/Conv_output_0")
     assert len(tail) == 18 and tail[-1] is list(module.parameters())[-1]
+    assert module.layers_after("/features/features.12/conv/conv.2/Conv_output_0") == 9
     with pytest.raises(OnnxConversionError, match="no node"):
         module.run_part(x, start="nonexistent")
