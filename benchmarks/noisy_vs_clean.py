@@ -474,7 +474,8 @@ def main() -> None:
     label_quality = {}
     for cond, (ident, keep) in conditions.items():
         r = keep & real
-        label_quality[cond] = {"real_photos": int(r.sum()), "removed": int((~keep).sum()),
+        label_quality[cond] = {"real_photos": int(r.sum()), "removed": int((~keep & real).sum()),
+                               "deepfakes_removed": int((~keep & ~real).sum()),
                                "wrong": int((ident[r] != labels["true"].to_numpy()[r]).sum())}
         label_quality[cond]["noise_rate"] = label_quality[cond]["wrong"] / max(label_quality[cond]["real_photos"], 1)
 
@@ -504,7 +505,7 @@ def main() -> None:
     print("\ntraining labels (real photos):")
     for cond, q in label_quality.items():
         print(f"  {cond:8s} {q['real_photos']:5d} photos, {q['wrong']:4d} wrong ({q['noise_rate']:.1%}), "
-              f"{q['removed']} removed")
+              f"{q['removed']} removed (and {q['deepfakes_removed']} deepfakes)")
     print(f"\nheld-out: {args.val_identities} identities, pairs {step0['pairs']}; recipe {asdict(recipe)}")
     print(format_table(summary, len(args.seeds)))
     print(f"wrote {out / 'noisy_vs_clean.json'} ({time.time() - t_start:.0f} s)")
