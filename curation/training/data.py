@@ -190,6 +190,14 @@ def validation_pairs(data: TrainData, cfg: TrainConfig) -> tuple[Pairs, PairStat
     return make_pairs(val, seed=[cfg.seed, _VAL_STREAM], max_pos_per_identity=cfg.max_pos_per_identity)
 
 
+def ingest_folders(cfg: TrainConfig) -> list[str]:
+    """The sub-folders of RUN that `prepare_data` will ingest dataset folders into ("work" for DATA, "val_work" for
+    --val-data): those that are folders without a label store. The run folder hands them to the ingest (see
+    RunFolder.manage) before they are written, so a fresh run on an exported dataset can claim RUN."""
+    return [name for name, src in (("work", cfg.data), ("val_work", cfg.val_data))
+            if src and Path(src).is_dir() and not (Path(src) / STORE_NAME).is_file()]
+
+
 def prepare_data(cfg: TrainConfig, *, say: Callable[[str], None] = print, progress: bool = True) -> TrainData:
     """The labels to train on, aligned: exactly what an export would write, through the embedding pass's crop cache.
 

@@ -51,6 +51,7 @@ from curation.training.data import (
     TrainError,
     epoch_data,
     epoch_loader,
+    ingest_folders,
     prepare_data,
     validation_pairs,
 )
@@ -360,6 +361,9 @@ def _train(
         model = _initial_model(cfg, say)  # before the data, so a bad checkpoint fails before hours of alignment
     else:
         model = _resumed_model(cfg, run)
+    if world.is_main:
+        for folder in ingest_folders(cfg):  # the ingest's own work folder inside RUN, never listed nor deleted here
+            run.owned.manage(folder)
     # Rank 0 aligns into the crop cache while the others wait; they receive the very same table (see from_main).
     data = distributed.from_main(lambda: prepare_data(cfg, say=say, progress=progress), "preparing the data")
     for line in data.notes:
