@@ -35,7 +35,7 @@ from embeddings.checkpoints import load_backbone
 from embeddings.detectors import dlib_model_path
 from embeddings.device import autocast, pick_device
 from embeddings.ortsession import ort_session
-from embeddings.preprocess import CONVENTIONS, ONNX_CONVENTION_KEY, to_input
+from embeddings.preprocess import onnx_convention, to_input
 from labels.cli import UserError
 from labels.files import file_sha256
 
@@ -146,12 +146,9 @@ def torch_embedder(
     return Embedder(id=name + ("-flip" if flip else ""), dim=dim, forward=forward, device=device, flip=flip)
 
 
-def _ir_embedder(rest: str, device: torch.device, flip: bool) -> Embedder:
-    arch, sep, path = rest.partition(":")
-    if not (sep and arch in ARCHS):  # "ir:<checkpoint>": depth read from the file
-        arch, path = None, rest
-    path = _existing_file(Path(path), "checkpoint file")
-    model = load_backbone(path, arch=arch)  # CheckpointError (a ValueError) names the file and the problem
+def _ir_embedder(spec: ModelSpec, device: torch.device, flip: bool) -> Embedder:
+    path = _existing_file(spec.path, "checkpoint file")
+    model = load_backbone(path, arch=spec.arch)  # CheckpointError (a ValueError) names the file and the problem
     return torch_embedder(model, f"{model.arch}-{file_sha256(path)[:12]}", device=device, flip=flip)
 
 
@@ -171,12 +168,7 @@ def _onnx_embedder(path: Path, device: torch.device, flip: bool) -> Embedder:
         raise EmbedderError(
             f"{path}: input {inp.name!r} is shaped {shape}; an ArcFace-style embedder takes [N, 3, 112, 112]"
         )
-    convention = session.get_modelmeta().custom_metadata_map.get(ONNX_CONVENTION_KEY, "arcface_rgb")
-    if convention not in CONVENTIONS:
-        raise EmbedderError(
-            f"{path}: metadata {ONNX_CONVENTION_KEY}={convention!r} is not a known input convention "
-            f"({', '.join(CONVENTIONS)})"
-        )
+    convention = onnx_convention(session.get_modelmeta().custom_metadata_map, str(path))
     batch = fixed[0]  # some exports hard-wire the batch size (MobileFaceNet: 1): then feed it that many at a time
     output = session.get_outputs()[0].name
 
@@ -235,6 +227,43 @@ def _dlib_embedder(flip: bool) -> Embedder:
     return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip)
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model spec, parsed: `kind` dlib | ir | onnx; `path` the model file (None for dlib); `arch` the IR depth
+    the spec insists on (None: read from the checkpoint)."""
+
+    kind: str
+    path: Path | None = None
+    arch: str | None = None
+
+
+SPEC_FORMS = "dlib, ir:<arch>:<checkpoint> or onnx:<file.onnx>"
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Split a model spec ("dlib", "ir:<arch>:<checkpoint>", "ir:<checkpoint>", "onnx:<file>") into its parts.
+
+    The one parser of the syntax: `make_embedder` (--model of clean, evaluate, predict) and fine-tuning's `--init`
+    read specs through it, so a file that works as `--model onnx:FILE` works as `--init onnx:FILE`. Nothing is read
+    from disk here. Raises EmbedderError for a spec of no known form.
+
+    Example:
+        >>> parse_spec("ir:ir_50:model.pt")
+        ModelSpec(kind='ir', path=PosixPath('model.pt'), arch='ir_50')
+    """
+    kind, _, rest = spec.partition(":")
+    if spec == "dlib":
+        return ModelSpec("dlib")
+    if kind == "ir" and rest:
+        arch, sep, path = rest.partition(":")
+        if not (sep and arch in ARCHS):  # "ir:<checkpoint>": depth read from the file
+            arch, path = None, rest
+        return ModelSpec("ir", Path(path).expanduser(), arch)
+    if kind == "onnx" and rest:
+        return ModelSpec("onnx", Path(rest).expanduser())
+    raise EmbedderError(f"unknown embedder {spec!r}: use {SPEC_FORMS}")
+
+
 def make_embedder(spec: str, device: str | torch.device = "auto", flip: bool = False) -> Embedder:
     """Build the embedder a spec names (see the module docstring): "dlib", "ir:<arch>:<checkpoint>", "onnx:<file>".
 
@@ -245,15 +274,13 @@ def make_embedder(spec: str, device: str | torch.device = "auto", flip: bool = F
         >>> make_embedder("onnx:models/mobilefacenet.onnx").dim
         128
     """
+    parsed = parse_spec(spec)
     device = pick_device(device) if isinstance(device, str) else device
-    kind, _, rest = spec.partition(":")
-    if spec == "dlib":
+    if parsed.kind == "dlib":
         embedder = _dlib_embedder(flip)
-    elif kind == "ir" and rest:
-        embedder = _ir_embedder(rest, device, flip)
-    elif kind == "onnx" and rest:
-        embedder = _onnx_embedder(Path(rest), device, flip)
+    elif parsed.kind == "ir":
+        embedder = _ir_embedder(parsed, device, flip)
     else:
-        raise EmbedderError(f"unknown embedder {spec!r}: use dlib, ir:<arch>:<checkpoint> or onnx:<file.onnx>")
+        embedder = _onnx_embedder(parsed.path, device, flip)
     embedder.spec = spec
     return embedder
