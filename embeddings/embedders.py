@@ -35,7 +35,7 @@ from embeddings.checkpoints import load_backbone
 from embeddings.detectors import dlib_model_path
 from embeddings.device import autocast, pick_device
 from embeddings.ortsession import ort_session
-from embeddings.preprocess import onnx_convention, to_input
+from embeddings.preprocess import ConventionError, onnx_convention, to_input
 from labels.cli import UserError
 from labels.files import file_sha256
 
@@ -168,7 +168,10 @@ def _onnx_embedder(path: Path, device: torch.device, flip: bool) -> Embedder:
         raise EmbedderError(
             f"{path}: input {inp.name!r} is shaped {shape}; an ArcFace-style embedder takes [N, 3, 112, 112]"
         )
-    convention = onnx_convention(session.get_modelmeta().custom_metadata_map, str(path))
+    try:
+        convention = onnx_convention(session.get_modelmeta().custom_metadata_map, str(path))
+    except ConventionError as exc:
+        raise EmbedderError(str(exc)) from None
     batch = fixed[0]  # some exports hard-wire the batch size (MobileFaceNet: 1): then feed it that many at a time
     output = session.get_outputs()[0].name
 
