@@ -39,9 +39,8 @@ from embeddings.onnx_backbone import OnnxBackbone, load_onnx_backbone
 from embeddings.ortsession import ort_session
 from embeddings.preprocess import ONNX_CONVENTION_KEY, to_input
 from labels.imagefile import read_rgb
-from labels.ingest import ingest
 from labels.outputs import OutputFolder
-from tests.conftest import REPO, copy_identities
+from tests.conftest import REPO, ingested_glint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,11 +61,7 @@ def mfn(models_dir):
 @pytest.fixture(scope="module")
 def glint8(glint_dir, tmp_path_factory):
     """(dataset folder, work folder): 8 glint24 identities x 6 aligned photos, ingested."""
-    names = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())[:8]
-    data = copy_identities(glint_dir, tmp_path_factory.mktemp("glint8"), names, per_identity=6)
-    work = tmp_path_factory.mktemp("work8")
-    ingest(data, work, progress=False)
-    return data, work
+    return ingested_glint(glint_dir, tmp_path_factory, 8, 6)
 
 
 def _options(mfn, data) -> dict:
