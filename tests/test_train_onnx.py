@@ -69,6 +69,14 @@ def _options(mfn, data) -> dict:
             "seed": 1, "max_steps": 6, "val_every": 2, "val_data": str(data), "keep_best": 2}
 
 
+def _flags(mfn, data, **changes) -> list[str]:
+    """The options as command-line flags, for runs in a subprocess."""
+    out = []
+    for key, value in {**_options(mfn, data), **changes}.items():
+        out += ["--" + key.replace("_", "-")] + ([] if value is True else [str(value)])
+    return out
+
+
 def _cfg(mfn, glint8, out, **changes):
     data, work = glint8
     return resolve_config(cli_values={**_options(mfn, data), "data": str(work), "out": str(out), **changes})
@@ -182,9 +190,7 @@ def test_a_killed_onnx_run_resumes_to_the_uninterrupted_weights(onnx_run, mfn, g
     _, reference = onnx_run
     data, work = glint8
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "curation.train_on_clean", str(work), "--out", str(out), "--quiet"]
-    for key, value in _options(mfn, data).items():
-        args += ["--" + key.replace("_", "-"), str(value)] if value is not True else ["--" + key.replace("_", "-")]
+    args = [sys.executable, "-m", "curation.train_on_clean", str(work), "--out", str(out), "--quiet", *_flags(mfn, data)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 300
@@ -199,6 +205,23 @@ def test_a_killed_onnx_run_resumes_to_the_uninterrupted_weights(onnx_run, mfn, g
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
     assert [r["step"] for r in json.loads((out / "performance_history.json").read_text())] == [0, 2, 4, 6]
     assert (out / "last.onnx").read_bytes() == (reference.run / "last.onnx").read_bytes()
+
+
+@pytest.mark.slow
+def test_torchrun_fine_tunes_the_onnx_embedder_with_both_ranks_in_step(mfn, glint8, tmp_path):
+    from curation.training.distributed import fingerprint
+    from tests.test_train_ddp import _finished, _torchrun, _weights_printed
+
+    data, work = glint8
+    out = tmp_path / "ddp"
+    stdout = _finished(_torchrun(str(work), "--out", str(out), *_flags(mfn, data, max_steps=2)))
+    printed = _weights_printed(stdout)
+    assert printed["rank 0"] == printed["rank 1"] and "distributed: 2 processes (cpu)" in stdout
+    assert fingerprint(_tuned(out, "last.pt")).startswith(printed["rank 0"])
+    assert stdout.count("best.onnx: onnxruntime vs torch max |diff|") == 1  # rank 0 alone exports
+    crops = np.stack([read_rgb(p) for p in sorted(data.rglob("*.png"))[:8]])
+    got, _ = make_embedder(f"onnx:{out / 'last.onnx'}", device="cpu").embed(crops)
+    assert np.abs(got - _unit(_tuned(out, "last.pt"), crops)).max() <= 1e-4
 
 
 def test_a_detector_or_a_broken_file_is_refused_in_one_line(glint8, models_dir, tmp_path, capsys):
