@@ -256,3 +256,30 @@ def test_presets_resolve_and_an_unknown_name_lists_them(tmp_path):
         load_config("finetune")
     (tmp_path / "mine.toml").write_text("lr = 2e-5\n")
     assert load_config(str(tmp_path / "mine.toml")) == {"lr": 2e-5}  # files still work
+
+
+def test_export_keeps_an_overridden_convention_and_refuses_a_file_that_disagrees(mfn, glint_dir, tmp_path):
+    from embeddings.onnx_backbone import OnnxParityError, export_onnx_backbone
+    from labels.files import atomic_write
+
+    crops = np.stack([read_rgb(p) for p in sorted(glint_dir.rglob("*.png"))[:6]])
+    model = load_onnx_backbone(mfn, "adaface")  # as --input-convention adaface: the file is fed BGR, [-1, 1]
+    parity = export_onnx_backbone(model, mfn, tmp_path / "bgr.onnx", crops)
+    assert parity.max_abs_diff <= 1e-4 and parity.batch_sizes == (6, 1)
+    session = ort_session(tmp_path / "bgr.onnx")
+    assert session.get_modelmeta().custom_metadata_map[ONNX_CONVENTION_KEY] == "adaface"
+    # independently: the source graph in onnxruntime, fed BGR (x - 127.5) / 127.5 by hand, one crop at a time
+    source = ort_session(mfn)
+    x = ((crops[..., ::-1].astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
+    raw = np.concatenate([source.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    got, _ = make_embedder(f"onnx:{tmp_path / 'bgr.onnx'}", device="cpu").embed(crops)
+    np.testing.assert_allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    # A module that computes something the file does not (a Clip bound is a graph constant, never written back):
+    # the check fails loudly and the file is not kept.
+    first_clip = next(n for n in onnx.load(str(mfn)).graph.node if n.op_type == "Clip")
+    bound = model.net.onnx_tensors()[first_clip.input[2]]  # its max: ReLU6's 6
+    assert bound.item() == 6.0
+    bound.fill_(1.0)
+    with pytest.raises(OnnxParityError, match="differs from the fine-tuned torch module"):
+        atomic_write(tmp_path / "bad.onnx", lambda tmp: export_onnx_backbone(model, mfn, tmp, crops))
+    assert not list(tmp_path.glob("*bad.onnx*"))
