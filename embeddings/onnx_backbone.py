@@ -45,10 +45,12 @@ class OnnxBackbone(nn.Module):
 
     `net` is the trainable graph, `convention` the input convention the ONNX file expects (the exported file keeps it),
     `source_sha256` the hash of the file it was built from (a checkpoint of this module loads only into a module built
-    from the same file). `arch` is "onnx" (embeddings.checkpoints.ONNX_ARCH), which `save_backbone` records.
+    from the same file). `arch` is "onnx" (embeddings.checkpoints.ONNX_ARCH), which `save_backbone` records;
+    `embedding_size` the output size D (what an AdaFace head over it needs), measured by `load_onnx_backbone`.
     """
 
     arch = ONNX_ARCH
+    embedding_size: int | None = None
 
     def __init__(self, net: OnnxModule, convention: str, source_sha256: str):
         super().__init__()
@@ -105,6 +107,7 @@ def load_onnx_backbone(path: str | Path, convention: str | None = None) -> OnnxB
     if unit.dim() != 2 or unit.shape[0] != 2 or unit.shape[1] < MIN_DIM:
         raise OnnxConversionError(f"{path}: gives an output shaped {list(unit.shape)} for 2 crops; not a face "
                                   f"embedder ([N, D] with D >= {MIN_DIM})")
+    model.embedding_size = int(unit.shape[1])
     return model
 
 

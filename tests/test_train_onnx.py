@@ -39,9 +39,8 @@ from embeddings.onnx_backbone import OnnxBackbone, load_onnx_backbone
 from embeddings.ortsession import ort_session
 from embeddings.preprocess import ONNX_CONVENTION_KEY, to_input
 from labels.imagefile import read_rgb
-from labels.ingest import ingest
 from labels.outputs import OutputFolder
-from tests.conftest import REPO, copy_identities
+from tests.conftest import REPO, ingested_glint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,16 +61,20 @@ def mfn(models_dir):
 @pytest.fixture(scope="module")
 def glint8(glint_dir, tmp_path_factory):
     """(dataset folder, work folder): 8 glint24 identities x 6 aligned photos, ingested."""
-    names = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())[:8]
-    data = copy_identities(glint_dir, tmp_path_factory.mktemp("glint8"), names, per_identity=6)
-    work = tmp_path_factory.mktemp("work8")
-    ingest(data, work, progress=False)
-    return data, work
+    return ingested_glint(glint_dir, tmp_path_factory, 8, 6)
 
 
 def _options(mfn, data) -> dict:
     return {"init": f"onnx:{mfn}", "aligned": True, "batch_size": 8, "lr": 1e-4, "device": "cpu", "workers": 0,
             "seed": 1, "max_steps": 6, "val_every": 2, "val_data": str(data), "keep_best": 2}
+
+
+def _flags(mfn, data, **changes) -> list[str]:
+    """The options as command-line flags, for runs in a subprocess."""
+    out = []
+    for key, value in {**_options(mfn, data), **changes}.items():
+        out += ["--" + key.replace("_", "-")] + ([] if value is True else [str(value)])
+    return out
 
 
 def _cfg(mfn, glint8, out, **changes):
@@ -187,9 +190,7 @@ def test_a_killed_onnx_run_resumes_to_the_uninterrupted_weights(onnx_run, mfn, g
     _, reference = onnx_run
     data, work = glint8
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "curation.train_on_clean", str(work), "--out", str(out), "--quiet"]
-    for key, value in _options(mfn, data).items():
-        args += ["--" + key.replace("_", "-"), str(value)] if value is not True else ["--" + key.replace("_", "-")]
+    args = [sys.executable, "-m", "curation.train_on_clean", str(work), "--out", str(out), "--quiet", *_flags(mfn, data)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 300
@@ -204,6 +205,23 @@ def test_a_killed_onnx_run_resumes_to_the_uninterrupted_weights(onnx_run, mfn, g
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
     assert [r["step"] for r in json.loads((out / "performance_history.json").read_text())] == [0, 2, 4, 6]
     assert (out / "last.onnx").read_bytes() == (reference.run / "last.onnx").read_bytes()
+
+
+@pytest.mark.slow
+def test_torchrun_fine_tunes_the_onnx_embedder_with_both_ranks_in_step(mfn, glint8, tmp_path):
+    from curation.training.distributed import fingerprint
+    from tests.test_train_ddp import _finished, _torchrun, _weights_printed
+
+    data, work = glint8
+    out = tmp_path / "ddp"
+    stdout = _finished(_torchrun(str(work), "--out", str(out), *_flags(mfn, data, max_steps=2)))
+    printed = _weights_printed(stdout)
+    assert printed["rank 0"] == printed["rank 1"] and "distributed: 2 processes (cpu)" in stdout
+    assert fingerprint(_tuned(out, "last.pt")).startswith(printed["rank 0"])
+    assert stdout.count("best.onnx: onnxruntime vs torch max |diff|") == 1  # rank 0 alone exports
+    crops = np.stack([read_rgb(p) for p in sorted(data.rglob("*.png"))[:8]])
+    got, _ = make_embedder(f"onnx:{out / 'last.onnx'}", device="cpu").embed(crops)
+    assert np.abs(got - _unit(_tuned(out, "last.pt"), crops)).max() <= 1e-4
 
 
 def test_a_detector_or_a_broken_file_is_refused_in_one_line(glint8, models_dir, tmp_path, capsys):
@@ -238,3 +256,30 @@ def test_presets_resolve_and_an_unknown_name_lists_them(tmp_path):
         load_config("finetune")
     (tmp_path / "mine.toml").write_text("lr = 2e-5\n")
     assert load_config(str(tmp_path / "mine.toml")) == {"lr": 2e-5}  # files still work
+
+
+def test_export_keeps_an_overridden_convention_and_refuses_a_file_that_disagrees(mfn, glint_dir, tmp_path):
+    from embeddings.onnx_backbone import OnnxParityError, export_onnx_backbone
+    from labels.files import atomic_write
+
+    crops = np.stack([read_rgb(p) for p in sorted(glint_dir.rglob("*.png"))[:6]])
+    model = load_onnx_backbone(mfn, "adaface")  # as --input-convention adaface: the file is fed BGR, [-1, 1]
+    parity = export_onnx_backbone(model, mfn, tmp_path / "bgr.onnx", crops)
+    assert parity.max_abs_diff <= 1e-4 and parity.batch_sizes == (6, 1)
+    session = ort_session(tmp_path / "bgr.onnx")
+    assert session.get_modelmeta().custom_metadata_map[ONNX_CONVENTION_KEY] == "adaface"
+    # independently: the source graph in onnxruntime, fed BGR (x - 127.5) / 127.5 by hand, one crop at a time
+    source = ort_session(mfn)
+    x = ((crops[..., ::-1].astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
+    raw = np.concatenate([source.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    got, _ = make_embedder(f"onnx:{tmp_path / 'bgr.onnx'}", device="cpu").embed(crops)
+    np.testing.assert_allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    # A module that computes something the file does not (a Clip bound is a graph constant, never written back):
+    # the check fails loudly and the file is not kept.
+    first_clip = next(n for n in onnx.load(str(mfn)).graph.node if n.op_type == "Clip")
+    bound = model.net.onnx_tensors()[first_clip.input[2]]  # its max: ReLU6's 6
+    assert bound.item() == 6.0
+    bound.fill_(1.0)
+    with pytest.raises(OnnxParityError, match="differs from the fine-tuned torch module"):
+        atomic_write(tmp_path / "bad.onnx", lambda tmp: export_onnx_backbone(model, mfn, tmp, crops))
+    assert not list(tmp_path.glob("*bad.onnx*"))

@@ -59,6 +59,7 @@ from curation.training.config import TrainConfig
 from curation.training.run_folder import Kept, RunFolder, kept_from_state, kept_to_state
 from curation.training.trainable import set_trainable
 from embeddings import CheckpointError, build_backbone, load_backbone, read_checkpoint, save_backbone
+from embeddings.backbones import EMBEDDING_SIZE
 from embeddings.checkpoints import ONNX_ARCH
 from embeddings.device import amp_dtype, autocast
 from embeddings.embedders import EmbedderError, ModelSpec, parse_spec
@@ -390,7 +391,8 @@ def _train(
     model.to(device)
     head = None
     if classes is not None:
-        head = AdaFaceHead(len(classes), m=cfg.adaface_m, h=cfg.adaface_h, s=cfg.adaface_s).to(device)
+        size = getattr(model, "embedding_size", None) or EMBEDDING_SIZE  # 512 for IR; an ONNX embedder's own
+        head = AdaFaceHead(len(classes), size, m=cfg.adaface_m, h=cfg.adaface_h, s=cfg.adaface_s).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
