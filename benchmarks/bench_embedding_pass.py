@@ -34,6 +34,7 @@ from embeddings.backbones import ARCHS  # noqa: E402
 from embeddings.cache import read_crop  # noqa: E402
 from embeddings.device import autocast, pick_device  # noqa: E402
 from embeddings.embedders import Embedder, make_embedder  # noqa: E402
+from embeddings.options import EmbedOptions  # noqa: E402
 from embeddings.pipeline import crop_path, embed_images, get_detector  # noqa: E402
 from embeddings.preprocess import to_input  # noqa: E402
 from labels.imagefile import is_image_name  # noqa: E402
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 get_detector(args.detector)  # loading models is not part of the pass's speed (once per process)
             cache = Path(tmp) / f"cache-{name}"
             start = time.perf_counter()
-            result = embed_images(paths, embedder, cache_dir=cache, detector=args.detector, aligned=args.aligned,
-                                  batch_size=args.batch, workers=args.workers, progress=args.progress)
+            result = embed_images(paths, embedder, cache_dir=cache,
+                                  options=EmbedOptions(detector=args.detector, aligned=args.aligned, batch_size=args.batch,
+                                                       workers=args.workers, progress=args.progress))
             seconds = time.perf_counter() - start
             ok = [k for k, s in zip(result.keys, result.status) if s == "ok"]
             if not ok:

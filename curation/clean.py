@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.cli import RESUME_HINT, add_embedding_options, build_embedder
+from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, embed_options
 from curation.flagging import FlagConfig, flag_embeddings, noise
 from curation.flagging.calibrate import DEFAULT_TARGET_FMR
 from curation.flagging.demo import DownloadError, fetch_lfw
@@ -38,7 +38,7 @@ from curation.flagging.graph import take_rows
 from curation.review.queue import summarize_report
 from curation.review.simulate import SimulatedReview, simulate_review
 from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
-from embeddings.pipeline import ENGINES
+from embeddings.options import ENGINES, EmbedOptions
 from labels.cli import UserError, command_parser, run_command
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
 
@@ -288,20 +288,18 @@ def clean_dataset(
     workdir: str | Path,
     *,
     model: str = "dlib",
-    aligned: bool = False,
     device: str = "auto",
-    detector: str = "dlib",
-    batch_size: int = 64,
-    workers: int = 2,
+    options: EmbedOptions | None = None,
     config: FlagConfig | None = None,
-    progress: bool = True,
-    engine: str = "local",
-    ray_address: str | None = None,
 ) -> CleanOutcome:
     """Ingest DATA into WORK, align and embed every readable photo (cached), flag, and write the outputs.
 
-    engine / ray_address: where the embedding pass runs (see `embeddings.pipeline.embed_images`)."""
+    options: how the embedding pass runs (detector, --aligned, workers, engine, progress bars; see
+    `embeddings.pipeline.embed_images`); default `EmbedOptions()`."""
     from embeddings.pipeline import embed_images
+
+    options = options or EmbedOptions()
+    progress = options.progress
     from labels.ingest import ingest
 
     work = Path(workdir)
@@ -321,8 +319,7 @@ def clean_dataset(
         t0 = time.perf_counter()
         result = embed_images(
             [root / p for p in images.path[readable]], embedder, cache_dir=work / "cache",
-            keys=list(images.sha256[readable]), detector=detector, aligned=aligned, batch_size=batch_size,
-            workers=workers, progress=progress, engine=engine, ray_address=ray_address,
+            keys=list(images.sha256[readable]), options=options,
         )
         timings["align_embed"] = round(time.perf_counter() - t0, 3)
         print(f"embedding ({embedder.id}): {result.summary()}")
@@ -458,9 +455,8 @@ def _run_planted(args, work: Path, progress: bool) -> int:
         print(f"planting noise: {source} -> {noisy}")
         noise.plant(source, noisy, min_photos=10, max_photos=40, max_identities=args.demo_identities, seed=args.seed)
     truth = json.loads(truth_path.read_text())
-    outcome = clean_dataset(noisy, work, model=args.model, aligned=args.aligned, device=args.device,
-                            detector=args.detector, batch_size=args.batch_size, workers=args.workers,
-                            config=_config(args), progress=progress, engine=args.engine, ray_address=args.ray_address)
+    outcome = clean_dataset(noisy, work, model=args.model, device=args.device, options=embed_options(args),
+                            config=_config(args))
     print(format_summary(outcome))
     scores = noise.score(outcome.flags, truth)
     sample = review_sample(work, truth, outcome.report, seed=args.seed)
@@ -507,10 +503,8 @@ def _run(args: argparse.Namespace) -> int:
     elif not Path(args.data).is_dir():
         raise UserError(f"{args.data}: not a folder")
     else:
-        outcome = clean_dataset(args.data, work, model=args.model, aligned=args.aligned, device=args.device,
-                                detector=args.detector, batch_size=args.batch_size, workers=args.workers,
-                                config=_config(args), progress=progress, engine=args.engine,
-                                ray_address=args.ray_address)
+        outcome = clean_dataset(args.data, work, model=args.model, device=args.device, options=embed_options(args),
+                                config=_config(args))
     print(format_summary(outcome))
     offer_review(work)
     return 0

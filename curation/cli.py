@@ -12,6 +12,7 @@ Example:
     >>> add_embedding_options(p, "cache/ beside OUT.csv")
     >>> args = p.parse_args(["--model", "onnx:mobilefacenet.onnx", "--aligned"])
     >>> check_embedding_options(args); embedder = build_embedder(args.model, args.device)
+    >>> embed_images(paths, embedder, cache_dir=Path("cache"), options=embed_options(args))
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from labels.cli import UserError
 
 if TYPE_CHECKING:
     from embeddings.embedders import Embedder
+    from embeddings.options import EmbedOptions
 
 RESUME_HINT = "run the same command again to resume (finished crops and embeddings are kept)"
 
@@ -57,6 +59,16 @@ def check_embedding_options(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
+
+
+def embed_options(args: argparse.Namespace) -> EmbedOptions:
+    """The `EmbedOptions` the parsed command-line options say (after `check_embedding_options`); the engine options
+    only where the command has them (clean)."""
+    from embeddings.options import EmbedOptions
+
+    return EmbedOptions(detector=args.detector, aligned=args.aligned, batch_size=args.batch_size,
+                        workers=args.workers, progress=not args.no_progress,
+                        engine=getattr(args, "engine", "local"), ray_address=getattr(args, "ray_address", None))
 
 
 def build_embedder(spec: str, device: str = "auto") -> Embedder:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, check_embedding_options
+from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, check_embedding_options, embed_options
 from curation.scoring import plots
 from curation.scoring.compare import compare_table, format_table
 from curation.scoring.evaluate import COMMAND, EvaluationOutput, evaluate_scores
@@ -157,9 +157,7 @@ def _run_pairs(args) -> int:
     cache = args.cache or args.out / "cache"
     if cache.absolute().is_relative_to(owned.root):
         owned.manage(cache.absolute().relative_to(owned.root).as_posix())
-    scored = score_pairs(root, pairs["img1"], pairs["img2"], embedder, cache_dir=cache,
-                         detector=args.detector, aligned=args.aligned, batch_size=args.batch_size,
-                         workers=args.workers, progress=not args.no_progress)
+    scored = score_pairs(root, pairs["img1"], pairs["img2"], embedder, cache_dir=cache, options=embed_options(args))
     print(f"embedding ({scored.cache_id}): {scored.summary}")
     ok = ~np.isnan(scored.similarity)
     bad = scored.problems["pair"].to_numpy(np.int64)  # one row per image without an embedding

@@ -24,6 +24,10 @@ MODE_FROM_CACHE = 0  # read the cached crop (re-align if it is missing or damage
 MODE_ALIGN = 1  # decode and align
 MODE_FALLBACK = 2  # known to have no face: decode and take the centre crop (center_crop_fallback)
 
+# The status of a photo whose alignment raised: "no_face: alignment failed (TypeName: message)". Not cached (the next
+# run retries it), and counted by type by the pass, which stops when one type covers most photos.
+ALIGN_FAILED = "no_face: alignment failed"
+
 
 # Detectors by (spec, pid of the process that built them). The main process builds one before the workers start (a bad
 # model file is then one clear error, not a failure per photo); forked workers reuse the fork-safe ones (dlib: plain
@@ -80,8 +84,15 @@ class PhotoAligner:
             if result.crop is not None:
                 write_crop(target, result.crop)
         except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch
-            return None, None, f"no_face: alignment failed ({type(exc).__name__}: {exc})"
+            return None, None, f"{ALIGN_FAILED} ({type(exc).__name__}: {exc})"
         return result.crop, _record(alignment_dtype(), key, result), None
+
+
+def failure_type(status: str) -> str | None:
+    """The exception type named by an ALIGN_FAILED status ("ValueError"), None for any other status."""
+    if not status.startswith(ALIGN_FAILED + " ("):
+        return None
+    return status[len(ALIGN_FAILED) + 2 :].split(":", 1)[0].rstrip(")")
 
 
 def get_detector(spec: str, threads: int | None = None) -> Detector:

@@ -27,7 +27,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +47,24 @@ from embeddings.cache import (
     read_crop,
 )
 from embeddings.embedders import Embedder
-from embeddings.photo import MODE_ALIGN, MODE_FALLBACK, MODE_FROM_CACHE, PhotoAligner, get_detector, single_threaded
+from embeddings.options import ENGINES, EmbedOptions
+from embeddings.photo import (
+    MODE_ALIGN,
+    MODE_FALLBACK,
+    MODE_FROM_CACHE,
+    PhotoAligner,
+    failure_type,
+    get_detector,
+    single_threaded,
+)
 from labels.files import file_sha256
 from labels.cli import UserError
 
 __all__ = [
     "CropDataset",
+    "EmbedOptions",
     "EmbedResult",
+    "PassFailure",
     "align_images",
     "crop_path",
     "embed_images",
@@ -61,7 +72,6 @@ __all__ = [
     "get_detector",
 ]
 
-ENGINES = ("local", "ray")  # where the pass runs: DataLoader workers + this process, or a Ray cluster
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Should not happen (every crop of a run is embedded before the caches close); said plainly if it ever does.
@@ -223,6 +233,44 @@ def _plan(records: np.ndarray, found: np.ndarray, done: np.ndarray, fallback: bo
     return modes
 
 
+class PassFailure(RuntimeError):
+    """Most photos of a pass failed alignment with the same exception: a bug in this code or a broken model file,
+    not a dataset without faces. Not a user error: the command shows its traceback. The finished work is kept."""
+
+
+_GUARD_MIN_PHOTOS = 32  # judged once this many photos (or all of a smaller pass) are done
+_GUARD_SHARE = 0.5  # one exception type on more than this share of them stops the pass
+
+
+class _FailureGuard:
+    """Counts the photos whose alignment raised, by exception type, and stops the pass when one type covers most of
+    the photos done so far (a photo that raises is otherwise recorded as "no_face: alignment failed (...)")."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+        self.by_type: Counter = Counter()
+        self.example: dict[str, str] = {}
+
+    def add(self, status: str, path: Path) -> None:
+        kind = failure_type(status)
+        if kind is not None:
+            self.by_type[kind] += 1
+            self.example.setdefault(kind, f"{path}: {status}")
+
+    def check(self, photos: int) -> None:
+        """Count `photos` more done; raise PassFailure when one exception type covers most of them."""
+        self.done += photos
+        if not self.by_type or self.done < min(_GUARD_MIN_PHOTOS, self.total):
+            return
+        kind, n = self.by_type.most_common(1)[0]
+        if n > _GUARD_SHARE * self.done:
+            raise PassFailure(
+                f"{n} of the {self.done} photos aligned so far raised {kind} (first: {self.example[kind]}); this is a "
+                "bug or a broken model file, not photos without faces. The crops and embeddings made so far are kept."
+            )
+
+
 def _ray_engine(engine: str):
     """`embeddings.ray_engine` for engine "ray" (imported only then: Ray is an optional dependency); None for local."""
     if engine not in ENGINES:
@@ -242,26 +290,20 @@ def _run(
     *,
     cache_dir: Path,
     keys: Sequence[str] | None,
-    detector: str,
-    aligned: bool,
-    center_crop_fallback: bool,
-    batch_size: int,
-    workers: int,
-    progress: bool,
-    checkpoint_seconds: float,
-    engine: str = "local",
-    ray_address: str | None = None,
+    options: EmbedOptions,
 ) -> _Pass:
     """Shared by embed_images and align_images: the same tasks, workers, caches and statuses.
 
     With an embedder, every crop that has no embedding yet is embedded; without, only missing crops are made.
     The engine only decides where the work runs (`_local_batches` or `embeddings.ray_engine`); planning, caches and
     statuses are this function's, so the two engines' results and caches are interchangeable.
+    Raises PassFailure when most photos fail alignment with the same exception (see `_FailureGuard`).
     """
-    ray_engine = _ray_engine(engine)
+    ray_engine = _ray_engine(options.engine)
+    detector, aligned, progress = options.detector, options.aligned, options.progress
     paths = [Path(p) for p in paths]
     cache_dir = Path(cache_dir)
-    fallback = center_crop_fallback and not aligned
+    fallback = options.center_crop_fallback and not aligned
     aid = make_align_id(detector, aligned)
     all_keys, errors = _keys_for(paths, keys, progress)
     first: dict[str, int] = {}
@@ -273,11 +315,11 @@ def _run(
     index = {k: u for u, k in enumerate(ukeys)}
     rows = [index[k] if errors[i] is None else None for i, k in enumerate(all_keys)]
 
-    astore = alignment_store(cache_dir, aid, flush_seconds=checkpoint_seconds)
+    astore = alignment_store(cache_dir, aid, flush_seconds=options.checkpoint_seconds)
     estore = None
     if embedder is not None:
         estore = embedding_store(cache_dir, embedding_cache_id(embedder.id, aid), embedder.dim,
-                                 flush_seconds=checkpoint_seconds)
+                                 flush_seconds=options.checkpoint_seconds)
     found, records = astore.lookup(ukeys)
     if estore is not None:
         done = estore.contains(ukeys)
@@ -291,14 +333,15 @@ def _run(
     aligner = PhotoAligner(detector, aligned, fallback, cache_dir, aid)
     task_paths, task_keys = [upaths[u] for u in todo], [ukeys[u] for u in todo]
     if ray_engine is not None:
-        batches = ray_engine.ray_batches(task_paths, task_keys, modes[todo], aligner, embedder, batch_size=batch_size,
-                                         address=ray_address)
+        batches = ray_engine.ray_batches(task_paths, task_keys, modes[todo], aligner, embedder,
+                                         batch_size=options.batch_size, address=options.ray_address)
     else:
-        batches = _local_batches(_AlignDataset(task_paths, task_keys, modes[todo], aligner), embedder, batch_size,
-                                 workers)
+        batches = _local_batches(_AlignDataset(task_paths, task_keys, modes[todo], aligner), embedder,
+                                 options.batch_size, options.worker_count())
     errors_now: dict[int, str] = {}
     out = _Pass(all_keys, rows, errors, ukeys, [], [], aid, estore)
     tally: Counter = Counter()
+    guard = _FailureGuard(len(todo))
     what = "aligning + embedding" if estore is not None else "aligning"
     try:
         bar = tqdm(total=len(todo), desc=what, unit="img", disable=not progress or not len(todo), smoothing=0.05)
@@ -310,6 +353,7 @@ def _run(
                     if error is not None:
                         errors_now[u] = error
                         tally[error.split(":", 1)[0]] += 1
+                        guard.add(error, upaths[u])
                         continue
                     if record is not None:
                         problem = records["problem"][u]
@@ -331,6 +375,7 @@ def _run(
                     out.embedded_now += len(emb_keys)
                 bar.update(len(metas))
                 bar.set_postfix(dict(tally), refresh=False)
+                guard.check(len(metas))
     finally:  # also on Ctrl-C or an embedder error: what was computed is kept for the next run
         astore.close()
         if estore is not None:
@@ -348,38 +393,27 @@ def embed_images(
     *,
     cache_dir: Path,
     keys: Sequence[str] | None = None,
-    detector: str = "dlib",
-    aligned: bool = False,
-    center_crop_fallback: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
-    progress: bool = True,
-    checkpoint_seconds: float = 30.0,
-    engine: str = "local",
-    ray_address: str | None = None,
+    options: EmbedOptions | None = None,
 ) -> EmbedResult:
     """Align and embed photos, reusing and extending the caches under `cache_dir`.
 
     Inputs: photo paths; an embedder from `embeddings.embedders.make_embedder`; `cache_dir` (WORK/cache); optional
-    content keys (e.g. the sha256 the label store recorded at ingest; hashed here otherwise); detector spec ("dlib" |
-    "scrfd:<file.onnx>"); aligned=True for photos that already are 112x112 template crops (only the size is checked);
-    center_crop_fallback to embed the centre of photos without a detected face (method "center_crop"); batch size and
-    DataLoader worker processes (0 = decode in the main process); checkpoint_seconds: results are written to disk at
-    least this often, so a killed run loses at most about this much work.
-    engine: "local" (DataLoader workers align, this process embeds) or "ray" (actor pools on a Ray cluster align and
-    embed, see `embeddings.ray_engine`; `ray_address` as for `ray.init`, e.g. "auto" or "ray://head:10001", None =
-    $RAY_ADDRESS or a Ray started on this machine). Both write the same caches: either finds the other's work done.
+    content keys (e.g. the sha256 the label store recorded at ingest; hashed here otherwise); `EmbedOptions` (detector,
+    pre-aligned photos, centre-crop fallback, batch size, workers, checkpoint interval, engine; default
+    `EmbedOptions()`). engine "local": DataLoader workers align, this process embeds; "ray": actor pools on a Ray
+    cluster align and embed (see `embeddings.ray_engine`; `ray_address` as for `ray.init`, e.g. "auto" or
+    "ray://head:10001", None = $RAY_ADDRESS or a Ray started on this machine). Both write the same caches: either finds
+    the other's work done.
     Output: `EmbedResult` (one row per path, in order). Photos already embedded under the same embedder and alignment
-    are not decoded again; a photo that fails gets a status and a NaN row, never an exception.
+    are not decoded again; a photo that fails gets a status and a NaN row, never an exception. Raises PassFailure when
+    most photos fail alignment with the same exception (a bug or a broken model, not a dataset without faces).
 
     Example:
         >>> r = embed_images(paths, make_embedder("onnx:mobilefacenet.onnx"), cache_dir=Path("WORK/cache"))
         >>> ok = np.array(r.status) == "ok"
         >>> sims = r.embeddings[ok] @ r.embeddings[ok].T
     """
-    run = _run(paths, embedder, cache_dir=cache_dir, keys=keys, detector=detector, aligned=aligned,
-               center_crop_fallback=center_crop_fallback, batch_size=batch_size, workers=workers, progress=progress,
-               checkpoint_seconds=checkpoint_seconds, engine=engine, ray_address=ray_address)
+    run = _run(paths, embedder, cache_dir=cache_dir, keys=keys, options=options or EmbedOptions())
     cache_id = embedding_cache_id(embedder.id, run.align_id)
     ok = [u for u, s in enumerate(run.status) if s == "ok"]
     found, stored = run.store.lookup([run.ukeys[u] for u in ok])
@@ -406,26 +440,18 @@ def align_images(
     *,
     cache_dir: Path,
     keys: Sequence[str] | None = None,
-    detector: str = "dlib",
-    aligned: bool = False,
-    center_crop_fallback: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
-    progress: bool = True,
-    checkpoint_seconds: float = 30.0,
+    options: EmbedOptions | None = None,
 ) -> list[tuple[Path | None, str]]:
     """Make (or find) the aligned crops of photos, exactly as the embedding pass does: same detector, caches, statuses.
 
-    For training and for the app: inputs as `embed_images` (no embedder). Output: per path, in order,
-    (crop path, "ok") or (None, "<kind>: <reason>"). Read the crops with `CropDataset`.
+    For training and for the app: inputs as `embed_images` (no embedder; always the local engine). Output: per path,
+    in order, (crop path, "ok") or (None, "<kind>: <reason>"). Read the crops with `CropDataset`.
 
     Example:
         >>> crops = align_images(paths, cache_dir=Path("WORK/cache"))
         >>> dataset = CropDataset([p for p, status in crops if status == "ok"])
     """
-    run = _run(paths, None, cache_dir=cache_dir, keys=keys, detector=detector, aligned=aligned,
-               center_crop_fallback=center_crop_fallback, batch_size=batch_size, workers=workers, progress=progress,
-               checkpoint_seconds=checkpoint_seconds)
+    run = _run(paths, None, cache_dir=cache_dir, keys=keys, options=replace(options or EmbedOptions(), engine="local"))
     out = []
     for key, error, status in zip(run.keys, run.errors, run.per_input(run.status, None)):
         status = error or status

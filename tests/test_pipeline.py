@@ -24,7 +24,8 @@ from embeddings.align import align, align_id
 from embeddings.cache import ShardStore, alignment_dtype, crop_path, embedding_dtype
 from embeddings.detectors import DetectorError, make_detector
 from embeddings.embedders import make_embedder
-from embeddings.pipeline import CropDataset, align_images, embed_images, embedding_cache_id
+from embeddings.options import EmbedOptions
+from embeddings.pipeline import CropDataset, PassFailure, align_images, embed_images, embedding_cache_id
 from labels.files import file_sha256
 from labels.imagefile import read_rgb
 
@@ -64,7 +65,8 @@ def _one_by_one(paths, embedder, detector):
 def test_bad_photos_never_lose_the_batch(lfw_photos, odd_files, onnx_embedder, tmp_path):
     good = lfw_photos[:6]
     paths = [good[0], odd_files[0], good[1], odd_files[1], good[2], odd_files[2], odd_files[3], *good[3:]]
-    result = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "cache", batch_size=32, workers=0, progress=False)
+    result = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "cache",
+                          options=EmbedOptions(batch_size=32, workers=0, progress=False))
     assert result.status[1] == "unreadable: not an image"
     assert result.status[3].startswith("no_face: no face found")
     assert result.status[5].startswith("no_face: no face found")
@@ -82,15 +84,15 @@ def test_bad_photos_never_lose_the_batch(lfw_photos, odd_files, onnx_embedder, t
 def test_second_run_reuses_the_caches(lfw_photos, onnx_embedder, models_dir, tmp_path):
     cache = tmp_path / "cache"
     paths = lfw_photos[:8]
-    first = embed_images(paths, onnx_embedder, cache_dir=cache, workers=1, progress=False)
+    first = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(workers=1, progress=False))
     assert (first.aligned_now, first.embedded_now) == (8, 8)
-    again = embed_images(paths, onnx_embedder, cache_dir=cache, workers=1, progress=False)
+    again = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(workers=1, progress=False))
     assert (again.aligned_now, again.embedded_now) == (0, 0)
     np.testing.assert_array_equal(again.embeddings, first.embeddings)
     np.testing.assert_array_equal(again.norms, first.norms)
     # Another embedder on the same alignment reuses the crops, computes its own vectors.
     flipped = make_embedder(f"onnx:{models_dir / 'mobilefacenet.onnx'}", flip=True)
-    other = embed_images(paths, flipped, cache_dir=cache, workers=0, progress=False)
+    other = embed_images(paths, flipped, cache_dir=cache, options=EmbedOptions(workers=0, progress=False))
     assert (other.aligned_now, other.embedded_now) == (0, 8)
     assert other.cache_id == embedding_cache_id(flipped.id, first.align_id) != first.cache_id
     # Crops are where the app looks for them, and are the crops `align` makes.
@@ -98,8 +100,9 @@ def test_second_run_reuses_the_caches(lfw_photos, onnx_embedder, models_dir, tmp
     np.testing.assert_array_equal(crop, align(read_rgb(paths[0]), make_detector("dlib")).crop)
     # Another detector is another alignment: new crops, but the same person. (A worker builds its own onnxruntime
     # session beside the main process's: sessions do not survive a fork.)
-    scrfd = embed_images(paths[:4], onnx_embedder, cache_dir=cache, workers=1, progress=False,
-                         detector=f"scrfd:{models_dir / 'scrfd_2.5g_bnkps.onnx'}")
+    scrfd = embed_images(paths[:4], onnx_embedder, cache_dir=cache,
+                         options=EmbedOptions(workers=1, progress=False,
+                                              detector=f"scrfd:{models_dir / 'scrfd_2.5g_bnkps.onnx'}"))
     assert scrfd.align_id != first.align_id and scrfd.aligned_now == 4
     cosines = (scrfd.embeddings * first.embeddings[:4]).sum(1)
     assert (cosines > 0.8).all(), cosines
@@ -108,44 +111,69 @@ def test_second_run_reuses_the_caches(lfw_photos, onnx_embedder, models_dir, tmp
 def test_duplicates_and_given_keys(lfw_photos, onnx_embedder, tmp_path):
     copy = tmp_path / "renamed.jpg"
     shutil.copy(lfw_photos[0], copy)
-    result = embed_images([lfw_photos[0], copy, lfw_photos[1]], onnx_embedder, cache_dir=tmp_path / "c", workers=0,
-                          progress=False)
+    result = embed_images([lfw_photos[0], copy, lfw_photos[1]], onnx_embedder, cache_dir=tmp_path / "c",
+                          options=EmbedOptions(workers=0, progress=False))
     assert result.keys[0] == result.keys[1] and result.embedded_now == 2
     np.testing.assert_array_equal(result.embeddings[0], result.embeddings[1])
-    given = embed_images(lfw_photos[:2], onnx_embedder, cache_dir=tmp_path / "c2", keys=["a1", "b2"], workers=0,
-                         progress=False)
+    given = embed_images(lfw_photos[:2], onnx_embedder, cache_dir=tmp_path / "c2", keys=["a1", "b2"],
+                         options=EmbedOptions(workers=0, progress=False))
     assert given.keys == ["a1", "b2"] and given.status == ["ok", "ok"]
     with pytest.raises(ValueError, match="bad cache key '../x'"):
-        embed_images(lfw_photos[:1], onnx_embedder, cache_dir=tmp_path / "c3", keys=["../x"], progress=False)
+        embed_images(lfw_photos[:1], onnx_embedder, cache_dir=tmp_path / "c3", keys=["../x"],
+                     options=EmbedOptions(progress=False))
 
 
 def test_a_broken_detector_file_is_one_clear_error(lfw_photos, onnx_embedder, tmp_path):
     broken = tmp_path / "scrfd.onnx"
     broken.write_bytes(b"\x08\x07 truncated protobuf")
     with pytest.raises(DetectorError, match="scrfd.onnx: not a readable ONNX model"):
-        embed_images(lfw_photos[:2], onnx_embedder, cache_dir=tmp_path / "c", detector=f"scrfd:{broken}", workers=1,
-                     progress=False)
+        embed_images(lfw_photos[:2], onnx_embedder, cache_dir=tmp_path / "c",
+                     options=EmbedOptions(detector=f"scrfd:{broken}", workers=1, progress=False))
+
+
+def scrfd_with_wrong_outputs(path: Path) -> Path:
+    """A loadable SCRFD-shaped ONNX file (9 outputs) whose outputs have 7 values each: `ScrfdDetector.detect` then
+    fails reshaping them into boxes (ValueError) on every photo, as a detector with a bug would."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    outputs = [f"out{i}" for i in range(9)]
+    nodes = [helper.make_node("Constant", [], [name], value=helper.make_tensor(f"c{name}", TensorProto.FLOAT, [7],
+                                                                                 [0.0] * 7)) for name in outputs]
+    graph = helper.make_graph(nodes, "broken_scrfd",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [7]) for name in outputs])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+def test_a_detector_that_raises_on_most_photos_stops_the_pass(lfw_photos, onnx_embedder, tmp_path):
+    broken = scrfd_with_wrong_outputs(tmp_path / "scrfd_bug.onnx")
+    options = EmbedOptions(detector=f"scrfd:{broken}", workers=0, progress=False)
+    with pytest.raises(PassFailure, match=r"6 of the 6 photos aligned so far raised ValueError \(first: .*"
+                                          r"no_face: alignment failed \(ValueError: cannot reshape"):
+        embed_images(lfw_photos[:6], onnx_embedder, cache_dir=tmp_path / "c", options=options)
 
 
 def test_centre_crop_fallback_reuses_the_no_face_verdict(lfw_photos, odd_files, onnx_embedder, tmp_path):
     paths = [lfw_photos[0], odd_files[1]]
     cache = tmp_path / "cache"
-    plain = embed_images(paths, onnx_embedder, cache_dir=cache, workers=0, progress=False)
+    plain = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(workers=0, progress=False))
     assert plain.status[1].startswith("no_face")
-    fallback = embed_images(paths, onnx_embedder, cache_dir=cache, workers=0, progress=False,
-                            center_crop_fallback=True)
+    fallback = embed_images(paths, onnx_embedder, cache_dir=cache,
+                            options=EmbedOptions(workers=0, progress=False, center_crop_fallback=True))
     assert fallback.status == ["ok", "ok"] and fallback.method == ["detected", "center_crop"]
     assert (fallback.aligned_now, fallback.embedded_now) == (1, 1)  # the blank is not detected again
     assert np.isfinite(fallback.embeddings).all()
-    again = embed_images(paths, onnx_embedder, cache_dir=cache, workers=0, progress=False)
+    again = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(workers=0, progress=False))
     assert again.status == plain.status and np.isnan(again.embeddings[1]).all() and again.aligned_now == 0
 
 
 def test_pre_aligned_mode_checks_sizes_and_embeds_the_files_as_they_are(glint_dir, lfw_photos, onnx_embedder,
                                                                          tmp_path):
     crops = sorted(next(glint_dir.iterdir()).glob("*.png"))[:5]
-    result = embed_images([*crops, lfw_photos[0]], onnx_embedder, cache_dir=tmp_path, aligned=True, workers=0,
-                          progress=False)
+    result = embed_images([*crops, lfw_photos[0]], onnx_embedder, cache_dir=tmp_path,
+                          options=EmbedOptions(aligned=True, workers=0, progress=False))
     assert result.status[:5] == ["ok"] * 5 and result.method[:5] == ["pre-aligned"] * 5
     assert result.status[5].startswith("bad_size: 150x150 pixels")
     direct = onnx_embedder.embed(np.stack([read_rgb(p) for p in crops]))[0]
@@ -153,14 +181,16 @@ def test_pre_aligned_mode_checks_sizes_and_embeds_the_files_as_they_are(glint_di
 
 
 def test_align_images_and_crop_dataset_serve_training(lfw_photos, odd_files, tmp_path):
-    out = align_images([*lfw_photos[:3], odd_files[0]], cache_dir=tmp_path, workers=1, progress=False)
+    out = align_images([*lfw_photos[:3], odd_files[0]], cache_dir=tmp_path,
+                       options=EmbedOptions(workers=1, progress=False))
     assert [status for _, status in out] == ["ok", "ok", "ok", "unreadable: not an image"] and out[3][0] is None
     dataset = CropDataset([path for path, _ in out[:3]])
     detector = make_detector("dlib")
     for i in range(3):
         np.testing.assert_array_equal(dataset[i].numpy(), align(read_rgb(lfw_photos[i]), detector).crop)
     out[0][0].unlink()  # a crop deleted behind our back is made again
-    assert align_images(lfw_photos[:1], cache_dir=tmp_path, workers=0, progress=False)[0][0].exists()
+    again = align_images(lfw_photos[:1], cache_dir=tmp_path, options=EmbedOptions(workers=0, progress=False))
+    assert again[0][0].exists()
 
 
 _PASS_SCRIPT = textwrap.dedent(
@@ -168,11 +198,12 @@ _PASS_SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     from embeddings.embedders import make_embedder
+    from embeddings.options import EmbedOptions
     from embeddings.pipeline import embed_images
     paths = [Path(line) for line in Path(sys.argv[1]).read_text().splitlines()]
     embedder = make_embedder(sys.argv[2], device="cpu")
-    embed_images(paths, embedder, cache_dir=Path(sys.argv[3]), batch_size=4, workers=1, progress=False,
-                 checkpoint_seconds=0)
+    embed_images(paths, embedder, cache_dir=Path(sys.argv[3]),
+                 options=EmbedOptions(batch_size=4, workers=1, progress=False, checkpoint_seconds=0))
     print("finished")
     """
 )
@@ -210,13 +241,14 @@ def test_resume_after_sigkill_recomputes_only_what_is_missing(lfw_dir, models_di
         aligned = len(ShardStore(cache / "crops" / aid / "outcomes", alignment_dtype()))
     assert 0 < stored < len(paths), "the pass was not killed mid-way"
 
-    resumed = embed_images(paths, onnx_embedder, cache_dir=cache, batch_size=8, workers=1, progress=False)
+    resumed = embed_images(paths, onnx_embedder, cache_dir=cache,
+                           options=EmbedOptions(batch_size=8, workers=1, progress=False))
     n_ok = resumed.status.count("ok")
     assert n_ok >= 0.95 * len(paths)
     assert resumed.embedded_now == n_ok - stored
     assert resumed.aligned_now == len(paths) - aligned
-    clean = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "clean", batch_size=16, workers=0,
-                         progress=False)
+    clean = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "clean",
+                         options=EmbedOptions(batch_size=16, workers=0, progress=False))
     assert resumed.status == clean.status and resumed.method == clean.method and resumed.keys == clean.keys
     np.testing.assert_allclose(resumed.embeddings, clean.embeddings, atol=1e-6)
     np.testing.assert_allclose(resumed.norms, clean.norms, rtol=1e-6)

@@ -27,6 +27,7 @@ from labels.cli import UserError
 
 if TYPE_CHECKING:
     from embeddings.embedders import Embedder
+    from embeddings.options import EmbedOptions
 
 PAIR_FILES = ("0.jpg", "1.jpg")
 _CHUNK = 65536  # pairs per cosine batch: bounds the memory of the gathered embedding rows
@@ -66,18 +67,14 @@ def score_pairs(
     embedder: Embedder,
     *,
     cache_dir: Path,
-    detector: str = "dlib",
-    aligned: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
-    progress: bool = True,
+    options: EmbedOptions | None = None,
 ) -> PairScores:
     """Cosine similarity of image pairs, each distinct image aligned and embedded once through the cached pass.
 
     Why one function: `curation.predict` and `curation.evaluate --pairs` must score pairs identically.
     Inputs: `root` and per-pair image names relative to it (trusted: names from a user's file go through
     `read_pairs` first, which keeps them inside root); an embedder (`embeddings.embedders.make_embedder`); the cache
-    folder and the options of `embeddings.pipeline.embed_images`.
+    folder and the pass's `embeddings.options.EmbedOptions`.
     Output: PairScores (NaN similarity, and rows in `problems`, for pairs with an image that could not be embedded:
     missing, unreadable, no face found; never an exception for those).
 
@@ -93,8 +90,7 @@ def score_pairs(
         raise ValueError(f"got {len(img1)} first images for {len(img2)} second images")
     names = list(dict.fromkeys(img1 + img2))
     index = {name: i for i, name in enumerate(names)}
-    result = embed_images([Path(root) / n for n in names], embedder, cache_dir=Path(cache_dir), detector=detector,
-                          aligned=aligned, batch_size=batch_size, workers=workers, progress=progress)
+    result = embed_images([Path(root) / n for n in names], embedder, cache_dir=Path(cache_dir), options=options)
     a = np.fromiter((index[n] for n in img1), np.int64, len(img1))
     b = np.fromiter((index[n] for n in img2), np.int64, len(img2))
     emb = result.embeddings  # unit rows; NaN rows for images without an embedding, so their pairs come out NaN
