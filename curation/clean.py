@@ -43,6 +43,7 @@ from labels.cli import UserError, command_parser, run_command
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
 
 SOURCE = "clean"
+WEAK = "embedded from where faces sit in the dataset's other photos (a weak alignment)"
 REVIEW_COMMAND = "streamlit run app.py -- --workdir {work}"
 
 EPILOG = """examples:
@@ -166,8 +167,11 @@ def _flag_and_write(
     report_extra: dict,
     timings: dict,
     messages: list[str],
+    weak: np.ndarray | None = None,
 ) -> CleanOutcome:
-    """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]."""
+    """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]; weak[i]: photo i was
+    embedded from a guessed crop (no face found in a face-crop photo): it stays in the graphs and is flagged
+    weak_alignment."""
     status_arr = np.asarray(status, dtype=object)
     valid = status_arr == "ok"
     res = flag_embeddings(
@@ -195,6 +199,8 @@ def _flag_and_write(
         kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
         if kind:
             new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
+    for i in np.flatnonzero(weak if weak is not None else []):
+        new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
     store.replace_flags(SOURCE, new_flags)
     folder = WorkFolder(work)
     flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
@@ -330,13 +336,19 @@ def clean_dataset(
         n_noface = sum(s.startswith(("no_face", "bad_size")) for s in result.status)
         if n_noface:
             messages.append(f"{n_noface} photo(s) without a usable face: flagged no_face, left out of the graphs")
+        weak = np.zeros(len(images), bool)
+        weak[readable] = np.array(result.method) == "center_crop"
+        if weak.any():
+            messages.append(f"{int(weak.sum())} face-crop photo(s) where no face was found: {WEAK}; flagged "
+                            "weak_alignment")
         return _flag_and_write(
             store, work, images, emb, list(status), config=config or FlagConfig(), device=device, progress=progress,
             report_extra={
                 "mode": "images", "dataset": str(root), "model": model, "embedder_id": embedder.id,
                 "align_id": result.align_id, "embedding_status": dict(result.counts()),
+                "embedding_processes": result.embed_processes, "weak_alignment": int(weak.sum()),
             },
-            timings=timings, messages=messages,
+            timings=timings, messages=messages, weak=weak,
         )
 
 

@@ -29,20 +29,24 @@ def usable_cores() -> int:
 class EmbedOptions:
     """Settings of one embedding pass (see `embeddings.pipeline.embed_images` for what each does to the results).
 
-    detector: "dlib" | "scrfd:<file.onnx>". aligned: the photos already are 112x112 template crops (only the size is
-      checked). center_crop_fallback: photos without a detected face are embedded from their centre (method
-      "center_crop"). batch_size: crops per model call. workers: DataLoader processes (None = one per usable core;
-      0 = all in this process). progress: progress bars. checkpoint_seconds: results are written to disk at least this
-      often, so a killed run loses at most that much work. engine / ray_address: where the pass runs.
+    detector: "dlib" | "scrfd:<file.onnx>", or two joined by "+" ("dlib+scrfd:<file>": the second one looks at the
+      photos where the first finds no face). aligned: the photos already are 112x112 template crops (only the size is
+      checked). face_crops: "auto" | "yes" | "no": whether the photos are face crops (LFW style: one face, centred);
+      in face crops a photo where no detector finds the face is embedded from where faces sit in the other photos
+      (method "center_crop", a weak alignment; `embeddings.align.face_crop_points`). batch_size: crops per model call. workers: DataLoader processes (None = one per usable core;
+      0 = all in this process). progress: progress bars. checkpoint_seconds / checkpoint_rows: results reaching this
+      process are written to disk at least this often, so a killed run loses at most about that much work (see the
+      README's "what a kill keeps"). engine / ray_address: where the pass runs.
     """
 
     detector: str = "dlib"
     aligned: bool = False
-    center_crop_fallback: bool = False
+    face_crops: str = "auto"
     batch_size: int = 64
-    workers: int | None = 2
+    workers: int | None = None
     progress: bool = True
-    checkpoint_seconds: float = 30.0
+    checkpoint_seconds: float = 5.0
+    checkpoint_rows: int = 256
     engine: str = "local"
     ray_address: str | None = None
 

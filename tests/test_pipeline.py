@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from embeddings.align import align, align_id
+from embeddings.align import FACE_CROP_POINTS, align, align_id, center_crop
 from embeddings.cache import ShardStore, alignment_dtype, crop_path, embedding_dtype
 from embeddings.detectors import DetectorError, make_detector
 from embeddings.embedders import make_embedder
@@ -79,6 +79,21 @@ def test_bad_photos_never_lose_the_batch(lfw_photos, odd_files, onnx_embedder, t
     np.testing.assert_allclose(result.embeddings[ok], reference, atol=2e-3)
     assert result.counts() == {"ok": 6, "no_face": 2, "unreadable": 2}
     assert result.keys[0] == file_sha256(good[0])
+
+
+def test_the_dlib_pass_embeds_on_every_core_with_the_single_process_results(lfw_photos, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 usable cores")
+    dlib = make_embedder("dlib")
+    paths = lfw_photos[:16]
+    one = embed_images(paths, dlib, cache_dir=tmp_path / "one", options=EmbedOptions(batch_size=4, workers=0,
+                                                                                     progress=False))
+    every = embed_images(paths, dlib, cache_dir=tmp_path / "every", options=EmbedOptions(batch_size=4, progress=False))
+    assert one.embed_processes == 1 and one.summary().endswith("16 embedded in this run by 1 process)")
+    assert every.embed_processes == len(os.sched_getaffinity(0))  # the default: a worker per core, each embedding
+    assert every.summary().endswith(f"embedded in this run by {every.embed_processes} processes)")
+    assert every.status == one.status == ["ok"] * 16
+    assert every.embeddings.tobytes() == one.embeddings.tobytes() and every.norms.tobytes() == one.norms.tobytes()
 
 
 def test_second_run_reuses_the_caches(lfw_photos, onnx_embedder, models_dir, tmp_path):
@@ -156,17 +171,58 @@ def test_a_detector_that_raises_on_most_photos_stops_the_pass(lfw_photos, onnx_e
 
 
 def test_centre_crop_fallback_reuses_the_no_face_verdict(lfw_photos, odd_files, onnx_embedder, tmp_path):
-    paths = [lfw_photos[0], odd_files[1]]
+    paths = [lfw_photos[0], odd_files[2]]  # a face, and noise (no face)
     cache = tmp_path / "cache"
-    plain = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(workers=0, progress=False))
+    plain = embed_images(paths, onnx_embedder, cache_dir=cache,
+                         options=EmbedOptions(workers=0, progress=False, face_crops="no"))
     assert plain.status[1].startswith("no_face")
     fallback = embed_images(paths, onnx_embedder, cache_dir=cache,
-                            options=EmbedOptions(workers=0, progress=False, center_crop_fallback=True))
+                            options=EmbedOptions(workers=0, progress=False, face_crops="yes"))
     assert fallback.status == ["ok", "ok"] and fallback.method == ["detected", "center_crop"]
-    assert (fallback.aligned_now, fallback.embedded_now) == (1, 1)  # the blank is not detected again
-    assert np.isfinite(fallback.embeddings).all()
-    again = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(workers=0, progress=False))
+    assert (fallback.aligned_now, fallback.embedded_now) == (1, 1)  # the noise is not detected again
+    # Too few faces (one) to measure where faces sit: the LFW-measured position.
+    expected = center_crop(read_rgb(odd_files[2]), FACE_CROP_POINTS)
+    np.testing.assert_array_equal(read_rgb(crop_path(cache, fallback.align_id, fallback.keys[1])), expected)
+    np.testing.assert_allclose(fallback.embeddings[1], onnx_embedder.embed(expected[None])[0][0], atol=2e-3)
+    auto = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(workers=0, progress=False))
+    assert auto.status == fallback.status  # made once, a centre crop counts unless face_crops is "no"
+    again = embed_images(paths, onnx_embedder, cache_dir=cache,
+                         options=EmbedOptions(workers=0, progress=False, face_crops="no"))
     assert again.status == plain.status and np.isnan(again.embeddings[1]).all() and again.aligned_now == 0
+
+
+def test_a_second_detector_looks_where_the_first_finds_no_face(lfw_photos, odd_files, onnx_embedder, models_dir,
+                                                               tmp_path):
+    scrfd = f"scrfd:{models_dir / 'scrfd_2.5g_bnkps.onnx'}"
+    # A face dlib's HOG cannot see: turned on its side.
+    sideways = tmp_path / "sideways.png"
+    cv2.imwrite(str(sideways), cv2.rotate(cv2.imread(str(lfw_photos[1])), cv2.ROTATE_90_CLOCKWISE))
+    paths = [lfw_photos[0], sideways]
+    dlib_only = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "a",
+                             options=EmbedOptions(workers=0, progress=False, face_crops="no"))
+    both = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "b",
+                        options=EmbedOptions(detector=f"dlib+{scrfd}", workers=1, progress=False, face_crops="no"))
+    assert dlib_only.status[1].startswith("no_face") and both.status == ["ok", "ok"]
+    assert both.align_id != dlib_only.align_id
+    np.testing.assert_array_equal(both.embeddings[0], dlib_only.embeddings[0])  # dlib's faces: dlib's crops
+    scrfd_crop = align(read_rgb(sideways), make_detector(scrfd)).crop
+    np.testing.assert_allclose(both.embeddings[1], onnx_embedder.embed(scrfd_crop[None])[0][0], atol=2e-3)
+    with pytest.raises(DetectorError, match="join two different detectors"):
+        make_detector("dlib+dlib")
+
+
+def test_a_detector_failing_on_a_few_photos_costs_only_those(lfw_photos, odd_files, onnx_embedder, tmp_path):
+    """The second detector raises (see scrfd_with_wrong_outputs), but it only looks at the two photos without a face
+    dlib can find: they get the failure as their status, the other photos are embedded and the pass goes on."""
+    broken = scrfd_with_wrong_outputs(tmp_path / "scrfd_bug.onnx")
+    paths = [*lfw_photos[:6], odd_files[1], odd_files[2]]
+    result = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "c",
+                          options=EmbedOptions(detector=f"dlib+scrfd:{broken}", workers=0, progress=False))
+    assert result.status[:6] == ["ok"] * 6
+    assert all(s.startswith("no_face: alignment failed (ValueError: cannot reshape") for s in result.status[6:])
+    again = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "c",
+                         options=EmbedOptions(detector=f"dlib+scrfd:{broken}", workers=0, progress=False))
+    assert again.status == result.status and again.embedded_now == 0  # retried (not cached), not stopped: 2 of 8
 
 
 def test_pre_aligned_mode_checks_sizes_and_embeds_the_files_as_they_are(glint_dir, lfw_photos, onnx_embedder,
@@ -254,6 +310,56 @@ def test_resume_after_sigkill_recomputes_only_what_is_missing(lfw_dir, models_di
     np.testing.assert_allclose(resumed.norms, clean.norms, rtol=1e-6)
 
 
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from embeddings import cache
+    from embeddings.embedders import make_embedder
+    from embeddings.options import EmbedOptions
+    from embeddings.pipeline import embed_images
+    paths = [Path(line) for line in Path(sys.argv[1]).read_text().splitlines()]
+    kill_after = int(sys.argv[4])
+    delivered = 0
+    add = cache.ShardStore.add
+
+    def add_then_die(self, records):  # SIGKILL once `kill_after` embeddings have reached the embedding store
+        global delivered
+        if "emb" in self.dtype.names:
+            if delivered + len(records) > kill_after:
+                print(delivered, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            delivered += len(records)
+        add(self, records)
+
+    cache.ShardStore.add = add_then_die
+    embed_images(paths, make_embedder(sys.argv[2], device="cpu"), cache_dir=Path(sys.argv[3]),
+                 options=EmbedOptions(aligned=True, batch_size=16, workers=1, progress=False))
+    """
+)
+
+
+def test_a_kill_loses_at_most_the_flush_window(glint_dir, models_dir, onnx_embedder, tmp_path):
+    paths = sorted(glint_dir.rglob("*.png"))
+    listing = tmp_path / "paths.txt"
+    listing.write_text("\n".join(map(str, paths)))
+    script = tmp_path / "kill_pass.py"
+    script.write_text(_KILL_SCRIPT)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    kill_after = 500
+    proc = subprocess.run([sys.executable, str(script), str(listing), f"onnx:{models_dir / 'mobilefacenet.onnx'}",
+                           str(cache), str(kill_after)], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    delivered = int(proc.stdout.decode().split()[-1])
+    assert kill_after - 16 < delivered <= kill_after
+    window = EmbedOptions().checkpoint_rows  # a shard is written when this many rows are buffered (or 5 s passed)
+    rerun = embed_images(paths, onnx_embedder, cache_dir=cache, options=EmbedOptions(aligned=True, progress=False))
+    lost = rerun.embedded_now - (len(paths) - delivered)  # embedded before the kill, yet computed again
+    assert 0 <= lost < window, (rerun.embedded_now, delivered)
+    assert rerun.status == ["ok"] * len(paths)
+
+
 def _records(keys, dim=4):
     rec = np.zeros(len(keys), embedding_dtype(dim))
     rec["key"] = [k.encode() for k in keys]
@@ -264,11 +370,15 @@ def _records(keys, dim=4):
 def test_shard_store_merges_small_shards_and_survives_damage(tmp_path):
     folder = tmp_path / "store"
     store = ShardStore(folder, embedding_dtype(4), flush_rows=1000, flush_seconds=0, merge_at=5)
-    for i in range(7):  # flush_seconds=0: every add is a shard
+    for i in range(4):  # flush_seconds=0: every add is a shard
         store.add(_records([f"k{i}a", f"k{i}b"]))
-    assert len(list(folder.glob("shard-*.npy"))) == 7
+    assert len(list(folder.glob("shard-*.npy"))) == 4
+    for i in range(4, 7):  # the fifth shard written sets off a merge of the five: a long run keeps few files
+        store.add(_records([f"k{i}a", f"k{i}b"]))
+    assert len(list(folder.glob("shard-*.npy"))) == 3
     store.add(_records(["k0a"]))  # a duplicate key is harmless
-    store.close()  # merges the small shards into one
+    store.merge_at = 4
+    store.close()  # merges the (now four) small shards into one
     assert len(list(folder.glob("shard-*.npy"))) == 1
     reopened = ShardStore(folder, embedding_dtype(4))
     assert len(reopened) == 14

@@ -86,7 +86,7 @@ def test_clean_cli_with_ray_engine_then_local_resumes(ray_session, onnx_spec, lf
             (data / name / p.name).write_bytes(p.read_bytes())
     argv = [str(data), "--workdir", str(tmp_path / "w"), "--model", onnx_spec, "--device", "cpu", "--no-progress"]
     assert clean.main([*argv, "--engine", "ray"]) == 0
-    assert "12 ok (12 aligned, 12 embedded in this run)" in capsys.readouterr().out
+    assert "12 ok (12 aligned, 12 embedded in this run by " in capsys.readouterr().out
     flags = pd.read_csv(tmp_path / "w" / "flags.csv", keep_default_na=False)
     assert clean.main([*argv, "--engine", "local"]) == 0
     assert "12 ok (0 aligned, 0 embedded in this run)" in capsys.readouterr().out

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from embeddings.options import EmbedOptions
 
 PAIR_FILES = ("0.jpg", "1.jpg")
+WEAK_STATUS = "weak_alignment: no face found, embedded from where faces sit in the other photos"
 _CHUNK = 65536  # pairs per cosine batch: bounds the memory of the gathered embedding rows
 
 
@@ -37,12 +38,15 @@ _CHUNK = 65536  # pairs per cosine batch: bounds the memory of the gathered embe
 class PairScores:
     """What `score_pairs` measured. similarity: float64 [P], NaN where img1 or img2 has no embedding. problems: one row
     per (pair, image) that could not be embedded: `pair` (row index), `image` (name as given), `status` (the embedding
-    pass's). summary: the embedding pass in one line. cache_id: the embedding cache folder (embedder @ alignment)."""
+    pass's). summary: the embedding pass in one line. cache_id: the embedding cache folder (embedder @ alignment).
+    weak: the same columns for the (pair, image)s embedded from a centre-crop fallback (no face found in a face-crop
+    photo, `embeddings.options.EmbedOptions.face_crops`): scored, but from a weak alignment."""
 
     similarity: np.ndarray
     problems: pd.DataFrame
     summary: str
     cache_id: str
+    weak: pd.DataFrame | None = None
 
     def describe_problems(self, limit: int = 3) -> str:
         """One line for a person, '' when every pair was scored: how many pairs lack an embedding, why, which images.
@@ -99,10 +103,15 @@ def score_pairs(
         end = start + _CHUNK
         similarity[start:end] = np.einsum("ij,ij->i", emb[a[start:end]], emb[b[start:end]])
     failed = np.array([s != "ok" for s in result.status], bool)
-    rows = [(int(p), names[side[p]], result.status[side[p]]) for side in (a, b) for p in np.flatnonzero(failed[side])]
-    problems = pd.DataFrame(rows, columns=["pair", "image", "status"])
-    problems = problems.sort_values("pair", kind="stable").reset_index(drop=True)  # img1 before img2 within a pair
-    return PairScores(similarity, problems, result.summary(), result.cache_id)
+    weak = np.array([m == "center_crop" for m in result.method], bool)
+
+    def listing(images: np.ndarray, status) -> pd.DataFrame:
+        rows = [(int(p), names[side[p]], status(side[p])) for side in (a, b) for p in np.flatnonzero(images[side])]
+        table = pd.DataFrame(rows, columns=["pair", "image", "status"])
+        return table.sort_values("pair", kind="stable").reset_index(drop=True)  # img1 before img2 within a pair
+
+    return PairScores(similarity, listing(failed, lambda i: result.status[i]), result.summary(), result.cache_id,
+                      listing(weak, lambda i: WEAK_STATUS))
 
 
 def _outside(root: Path, name: str) -> str | None:
