@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from curation.flagging import noise  # noqa: E402
 from curation.clean import clean_dataset, format_summary  # noqa: E402
 from curation.training.fakes import make_fakes  # noqa: E402
+from embeddings.options import EmbedOptions  # noqa: E402
 from curation.training.config import resolve_config  # noqa: E402
 from curation.training.loop import train  # noqa: E402
 from curation.training.run_folder import RunFolder  # noqa: E402
@@ -126,8 +127,8 @@ def main() -> None:
     val_work = out / "val_work"  # ingested once, so both runs read the same crops of the same validation set
     print(ingest(out / "val_fakes", val_work).report())
     work = out / "work"
-    outcome = clean_dataset(out / "noisy_fakes", work, model=args.model, detector=args.detector, device=args.device,
-                            workers=args.workers)
+    outcome = clean_dataset(out / "noisy_fakes", work, model=args.model, device=args.device,
+                            options=EmbedOptions(detector=args.detector, workers=args.workers))
     print(format_summary(outcome))
 
     results = {}

@@ -66,7 +66,8 @@ class Embedder:
     id: cache key (name + weights hash [+ "-flip"]). dim: embedding size. device: where the model runs (the pass pins
     memory when it is CUDA). forward: crops -> raw (unnormalised) float32 [N, dim]. flip: fuse crops with their mirror.
     spec: what `make_embedder` was given ("" for a model in memory), so that another process (a Ray actor) can build
-    the same embedder.
+    the same embedder. per_process: one call uses one core (dlib), so the pass runs a copy in each of its worker
+    processes, one per core; the others keep their intra-op threads (or their GPU) in the main process.
     """
 
     id: str
@@ -75,6 +76,7 @@ class Embedder:
     device: torch.device = torch.device("cpu")
     flip: bool = False
     spec: str = ""
+    per_process: bool = False
 
     def embed(self, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB crops [N, 112, 112, 3] (numpy, or a torch tensor such as a pinned DataLoader batch) ->
@@ -227,7 +229,7 @@ def _dlib_embedder(flip: bool) -> Embedder:
         return np.array(model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
 
     name = f"dlib-resnet-{file_sha256(path)[:12]}-chip{DLIB_CHIP_VERSION}"
-    return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip)
+    return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip, per_process=True)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def _integrity(work: Path) -> str:
 
 
 def _embedded_now(text: str) -> int:
-    found = re.findall(r"\((\d+) aligned, (\d+) embedded in this run\)", text)
+    found = re.findall(r"\((\d+) aligned, (\d+) embedded in this run(?: by \d+ process(?:es)?)?\)", text)
     assert len(found) == 1, text
     return int(found[0][1])
 

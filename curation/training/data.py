@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from curation.training.pairs import PairStats, Pairs, make_pairs, split_identities
 from curation.training.config import TrainConfig
+from embeddings.options import EmbedOptions
 from embeddings.pipeline import CropDataset, align_images
 from labels.cli import UserError
 from labels.export import effective_labels
@@ -256,8 +257,8 @@ def _aligned_labels(
     if labels.empty:
         raise TrainError(f"{workdir}: no photos left to train on (all removed, or nothing ingested)")
     crops = align_images(
-        paths, cache_dir=workdir / "cache", keys=labels["image_id"].map(sha).tolist(), detector=cfg.detector,
-        aligned=cfg.aligned, workers=cfg.workers, progress=progress,
+        paths, cache_dir=workdir / "cache", keys=labels["image_id"].map(sha).tolist(),
+        options=EmbedOptions(detector=cfg.detector, aligned=cfg.aligned, workers=cfg.workers, progress=progress),
     )
     status = pd.Series([s.split(":", 1)[0] for _, s in crops])
     ok = (status == "ok").to_numpy()
