@@ -545,19 +545,17 @@ PARITY_CROPS = 32  # validation crops the exported ONNX files are checked on
 def _export_onnx(
     model: OnnxBackbone, run: RunFolder, best: Kept | None, data: TrainData, vpairs: Pairs, say: Callable[[str], None]
 ) -> list[Path]:
-    """RUN/best.onnx (the best checkpoint's weights) and RUN/last.onnx (the final ones) in the source graph and input
-    convention, each checked against its torch module on real validation crops before it is renamed into place."""
+    """RUN/best.onnx and RUN/last.onnx: the weights of best.pt and last.pt in the source graph and input convention,
+    each checked against the torch module holding them on real validation crops before it is renamed into place."""
     rows = np.unique(np.concatenate([vpairs.a, vpairs.b]))[:PARITY_CROPS]
     crops = torch.stack([data.crops[int(r)] for r in rows]).numpy()
-    final = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    todo = [(run.last_onnx, final, run.last)]
-    if best is not None:
-        todo.insert(0, (run.best_onnx, read_checkpoint(run.checkpoints / best.file).state_dict, run.best))
     out = []
-    for path, weights, pt in todo:
+    for path, pt in ([(run.best_onnx, run.best)] if best is not None else []) + [(run.last_onnx, run.last)]:
+        ckpt = read_checkpoint(pt)
         tuned = load_onnx_backbone(run.init_onnx, model.convention)
-        tuned.load_state_dict(weights, strict=True)
-        meta = {"fine_tuned_from": run.init_onnx.name, "torch_checkpoint": pt.name, **_onnx_meta(pt)}
+        tuned.load_state_dict(ckpt.state_dict, strict=True)
+        meta = {"fine_tuned_from": run.init_onnx.name, "torch_checkpoint": pt.name,
+                **{k: ckpt.meta[k] for k in ("step", "eer") if k in ckpt.meta}}
         parity = []
         try:
             run.write_file(path, lambda tmp: parity.append(export_onnx_backbone(tuned, run.init_onnx, tmp, crops, meta)))
@@ -567,11 +565,6 @@ def _export_onnx(
             f"crops (batches {', '.join(map(str, parity[0].batch_sizes))}); use it as --model onnx:{path}")
         out.append(path)
     return out
-
-
-def _onnx_meta(pt: Path) -> dict:
-    meta = read_checkpoint(pt).meta
-    return {k: meta[k] for k in ("step", "eer") if k in meta}
 
 
 def _check_in_step(model: torch.nn.Module, step: int) -> None:
@@ -588,9 +581,10 @@ def _describe(record: dict) -> str:
     types = ", ".join(f"{k} {v:.3f}" for k, v in record["per_type"].items())
     loss = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
     fake = "n/a (no deepfakes)" if record.get("fake_far") is None else f"{record['fake_far']:.3f}"
+    real = "n/a" if record.get("eer_real") is None else f"{record['eer_real']:.4f}"
     return (
         f"step {record['step']}: EER {record['eer']:.4f} (thr {record['eer_threshold']:.3f}), real-only EER "
-        f"{record['eer_real']:.4f}, deepfake FAR at that threshold {fake}; "
+        f"{real}, deepfake FAR at that threshold {fake}; "
         f"acc@{record['accuracy_threshold']:g} {record['accuracy']:.4f}, errors {types}, train loss {loss}, "
         f"lr {record['lr']:.2g}"
     )
