@@ -180,15 +180,22 @@ class _Collate:
         return None, metas, *self.embedder.embed(stacked), os.getpid()
 
 
+_PER_PROCESS_BATCH = 16  # photos per batch when the workers embed (dlib: ~1 s of one core)
+
+
 def _local_batches(dataset: _AlignDataset, embedder: Embedder | None, batch_size: int, workers: int):
     """The local engine: DataLoader workers align; a per-process embedder (dlib) embeds in each worker, any other
     (intra-op threads, or a GPU) in this process. Yields `embeddings.photo.Batch`es.
 
-    The batches are the same whatever the number of workers (DataLoader hands out whole batches in order), so the
-    embeddings are bit-identical to a single-process pass.
+    The batches are the same whatever the number of workers (DataLoader hands out whole batches in order; a
+    per-process embedder gets batches of at most 16 photos, with or without workers), so the embeddings are
+    bit-identical to a single-process pass.
     """
     cuda = embedder is not None and embedder.device.type == "cuda"
-    in_workers = embedder is not None and embedder.per_process and workers > 0
+    per_process = embedder is not None and embedder.per_process
+    in_workers = per_process and workers > 0
+    if per_process:  # each batch is embedded by one worker: small ones keep the workers' shares even to the end
+        batch_size = min(batch_size, _PER_PROCESS_BATCH)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         collate_fn=_Collate(embedder if in_workers else None), pin_memory=cuda and not in_workers,
                         worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None)
