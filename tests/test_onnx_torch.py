@@ -169,3 +169,25 @@ def test_same_padding_is_refused_when_the_file_is_read_not_when_it_first_runs(tm
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
     with pytest.raises(OnnxConversionError, match=r"same\.onnx: node 'same_conv' \(Conv\): auto_pad=SAME_UPPER"):
         load_onnx_module(path, require_embedder=False)
+
+
+def test_cutting_the_graph_gives_the_same_embedding_and_the_tail_trains_alone(mobilefacenet, crops):
+    # A frozen trunk computed once plus the trainable tail must be exactly the whole network, at every cut point.
+    module = load_onnx_module(mobilefacenet)
+    cuts = module.cut_points()
+    assert "/features/features.12/conv/conv.2/Conv_output_0" in cuts  # between MobileFaceNet's 14x14 and 7x7 stages
+    x = torch.from_numpy(crops[:4])
+    with torch.no_grad():
+        whole = module(x)
+        for cut in (cuts[0], cuts[len(cuts) // 2], cuts[-2]):
+            trunk = module.run_part(x, stop=cut)
+            assert torch.equal(module.run_part(trunk, start=cut), whole)
+    # inside a residual block the block's input is still needed by its Add: no cut there, but after the Add
+    assert "/features/features.13/conv/conv.0/conv.0.0/Conv_output_0" not in cuts
+    assert "/features/features.13/Add_output_0" in cuts
+    # the parameters after the last stage's input are the 9 convolutions (weight + bias) of the 7x7 stage and head
+    tail = module.parameters_after("/features/features.12/conv/conv.2/Conv_output_0")
+    assert len(tail) == 18 and tail[-1] is list(module.parameters())[-1]
+    assert module.layers_after("/features/features.12/conv/conv.2/Conv_output_0") == 9
+    with pytest.raises(OnnxConversionError, match="no node"):
+        module.run_part(x, start="nonexistent")
