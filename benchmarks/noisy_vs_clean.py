@@ -60,6 +60,7 @@ from curation.clean import clean_dataset, format_summary  # noqa: E402
 from curation.flagging.noise import list_identities  # noqa: E402
 from curation.scoring.metrics import equal_error_rate, tar_at_far, verification_report  # noqa: E402
 from curation.training.fakes import make_fakes  # noqa: E402
+from embeddings.options import EmbedOptions  # noqa: E402
 from curation.training.pairs import OWN_FAKE, SAME, make_pairs  # noqa: E402
 from embeddings.align import align  # noqa: E402
 from embeddings.detectors import make_detector  # noqa: E402
@@ -458,8 +459,8 @@ def main() -> None:
         noise_kind = np.full(len(noisy), "", dtype=object)
         noise_kind[real] = kind
         noisy_dataset(train, noisy, out / "noisy", out / "fakes_train")
-        outcome = clean_dataset(out / "noisy", out / "work", model=f"onnx:{model_path}", detector="dlib",
-                                device=str(device), workers=args.workers)
+        outcome = clean_dataset(out / "noisy", out / "work", model=f"onnx:{model_path}", device=str(device),
+                                options=EmbedOptions(workers=args.workers))
         print(format_summary(outcome))
         pd.DataFrame({"key": train["key"], "true": train["identity"], "noisy": noisy,
                       "noise": noise_kind}).to_csv(labels_file, index=False)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.cli import RESUME_HINT, add_embedding_options, build_embedder
+from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, embed_options
 from curation.flagging import FlagConfig, flag_embeddings, noise
 from curation.flagging.calibrate import DEFAULT_TARGET_FMR
 from curation.flagging.demo import DownloadError, fetch_lfw
@@ -38,11 +38,12 @@ from curation.flagging.graph import take_rows
 from curation.review.queue import summarize_report
 from curation.review.simulate import SimulatedReview, simulate_review
 from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
-from embeddings.pipeline import ENGINES
+from embeddings.options import ENGINES, EmbedOptions
 from labels.cli import UserError, command_parser, run_command
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError, check_identity_name
 
 SOURCE = "clean"
+WEAK = "embedded from where faces sit in the dataset's other photos (a weak alignment)"
 REVIEW_COMMAND = "streamlit run app.py -- --workdir {work}"
 
 EPILOG = """examples:
@@ -166,8 +167,11 @@ def _flag_and_write(
     report_extra: dict,
     timings: dict,
     messages: list[str],
+    weak: np.ndarray | None = None,
 ) -> CleanOutcome:
-    """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]."""
+    """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]; weak[i]: photo i was
+    embedded from a guessed crop (no face found in a face-crop photo): it stays in the graphs and is flagged
+    weak_alignment."""
     status_arr = np.asarray(status, dtype=object)
     valid = status_arr == "ok"
     res = flag_embeddings(
@@ -195,6 +199,8 @@ def _flag_and_write(
         kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
         if kind:
             new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
+    for i in np.flatnonzero(weak if weak is not None else []):
+        new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
     store.replace_flags(SOURCE, new_flags)
     folder = WorkFolder(work)
     flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
@@ -288,20 +294,18 @@ def clean_dataset(
     workdir: str | Path,
     *,
     model: str = "dlib",
-    aligned: bool = False,
     device: str = "auto",
-    detector: str = "dlib",
-    batch_size: int = 64,
-    workers: int = 2,
+    options: EmbedOptions | None = None,
     config: FlagConfig | None = None,
-    progress: bool = True,
-    engine: str = "local",
-    ray_address: str | None = None,
 ) -> CleanOutcome:
     """Ingest DATA into WORK, align and embed every readable photo (cached), flag, and write the outputs.
 
-    engine / ray_address: where the embedding pass runs (see `embeddings.pipeline.embed_images`)."""
+    options: how the embedding pass runs (detector, --aligned, workers, engine, progress bars; see
+    `embeddings.pipeline.embed_images`); default `EmbedOptions()`."""
     from embeddings.pipeline import embed_images
+
+    options = options or EmbedOptions()
+    progress = options.progress
     from labels.ingest import ingest
 
     work = Path(workdir)
@@ -321,8 +325,7 @@ def clean_dataset(
         t0 = time.perf_counter()
         result = embed_images(
             [root / p for p in images.path[readable]], embedder, cache_dir=work / "cache",
-            keys=list(images.sha256[readable]), detector=detector, aligned=aligned, batch_size=batch_size,
-            workers=workers, progress=progress, engine=engine, ray_address=ray_address,
+            keys=list(images.sha256[readable]), options=options,
         )
         timings["align_embed"] = round(time.perf_counter() - t0, 3)
         print(f"embedding ({embedder.id}): {result.summary()}")
@@ -333,13 +336,19 @@ def clean_dataset(
         n_noface = sum(s.startswith(("no_face", "bad_size")) for s in result.status)
         if n_noface:
             messages.append(f"{n_noface} photo(s) without a usable face: flagged no_face, left out of the graphs")
+        weak = np.zeros(len(images), bool)
+        weak[readable] = np.array(result.method) == "center_crop"
+        if weak.any():
+            messages.append(f"{int(weak.sum())} face-crop photo(s) where no face was found: {WEAK}; flagged "
+                            "weak_alignment")
         return _flag_and_write(
             store, work, images, emb, list(status), config=config or FlagConfig(), device=device, progress=progress,
             report_extra={
                 "mode": "images", "dataset": str(root), "model": model, "embedder_id": embedder.id,
                 "align_id": result.align_id, "embedding_status": dict(result.counts()),
+                "embedding_processes": result.embed_processes, "weak_alignment": int(weak.sum()),
             },
-            timings=timings, messages=messages,
+            timings=timings, messages=messages, weak=weak,
         )
 
 
@@ -458,9 +467,8 @@ def _run_planted(args, work: Path, progress: bool) -> int:
         print(f"planting noise: {source} -> {noisy}")
         noise.plant(source, noisy, min_photos=10, max_photos=40, max_identities=args.demo_identities, seed=args.seed)
     truth = json.loads(truth_path.read_text())
-    outcome = clean_dataset(noisy, work, model=args.model, aligned=args.aligned, device=args.device,
-                            detector=args.detector, batch_size=args.batch_size, workers=args.workers,
-                            config=_config(args), progress=progress, engine=args.engine, ray_address=args.ray_address)
+    outcome = clean_dataset(noisy, work, model=args.model, device=args.device, options=embed_options(args),
+                            config=_config(args))
     print(format_summary(outcome))
     scores = noise.score(outcome.flags, truth)
     sample = review_sample(work, truth, outcome.report, seed=args.seed)
@@ -507,10 +515,8 @@ def _run(args: argparse.Namespace) -> int:
     elif not Path(args.data).is_dir():
         raise UserError(f"{args.data}: not a folder")
     else:
-        outcome = clean_dataset(args.data, work, model=args.model, aligned=args.aligned, device=args.device,
-                                detector=args.detector, batch_size=args.batch_size, workers=args.workers,
-                                config=_config(args), progress=progress, engine=args.engine,
-                                ray_address=args.ray_address)
+        outcome = clean_dataset(args.data, work, model=args.model, device=args.device, options=embed_options(args),
+                                config=_config(args))
     print(format_summary(outcome))
     offer_review(work)
     return 0

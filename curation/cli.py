@@ -12,6 +12,7 @@ Example:
     >>> add_embedding_options(p, "cache/ beside OUT.csv")
     >>> args = p.parse_args(["--model", "onnx:mobilefacenet.onnx", "--aligned"])
     >>> check_embedding_options(args); embedder = build_embedder(args.model, args.device)
+    >>> embed_images(paths, embedder, cache_dir=Path("cache"), options=embed_options(args))
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from labels.cli import UserError
 
 if TYPE_CHECKING:
     from embeddings.embedders import Embedder
+    from embeddings.options import EmbedOptions
 
 RESUME_HINT = "run the same command again to resume (finished crops and embeddings are kept)"
 
@@ -38,11 +40,17 @@ def add_embedding_options(parser: argparse.ArgumentParser, cache_default: str | 
                    help="embedder: dlib | ir:<arch>:<checkpoint> | onnx:<file.onnx> (default: dlib)")
     g.add_argument("--aligned", action="store_true", help="the photos already are 112x112 ArcFace-template crops")
     g.add_argument("--detector", default="dlib", metavar="SPEC",
-                   help="face detector: dlib | scrfd:<file.onnx> (default: dlib; unused with --aligned)")
+                   help="face detector: dlib | scrfd:<file.onnx>, or both as dlib+scrfd:<file.onnx> (the second looks "
+                   "where the first finds no face) (default: dlib; unused with --aligned)")
+    g.add_argument("--face-crops", choices=("auto", "yes", "no"), default="auto",
+                   help="the photos are face crops (one centred face, LFW style): a photo where no face is found is "
+                   "then embedded from where faces sit in the others and flagged weak_alignment (default: auto, "
+                   "decided from the faces found)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="crops per model call (default: 64)")
-    g.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="DataLoader processes decoding and aligning photos (default: 2; 0 = in the main process)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes decoding and aligning photos, and embedding them with dlib (default: one per core; "
+                   "0 = all in the main process)")
     if cache_default is not None:
         g.add_argument("--cache", type=Path, metavar="DIR",
                        help=f"crop and embedding cache, content-addressed: share it between runs and commands (default: "
@@ -55,8 +63,19 @@ def check_embedding_options(args: argparse.Namespace) -> None:
     """UserError for option values argparse lets through."""
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
+
+
+def embed_options(args: argparse.Namespace) -> EmbedOptions:
+    """The `EmbedOptions` the parsed command-line options say (after `check_embedding_options`); the engine options
+    only where the command has them (clean)."""
+    from embeddings.options import EmbedOptions
+
+    return EmbedOptions(detector=args.detector, aligned=args.aligned, face_crops=args.face_crops,
+                        batch_size=args.batch_size,
+                        workers=args.workers, progress=not args.no_progress,
+                        engine=getattr(args, "engine", "local"), ray_address=getattr(args, "ray_address", None))
 
 
 def build_embedder(spec: str, device: str = "auto") -> Embedder:

@@ -12,9 +12,10 @@ Modes:
 - `--pairs PAIRS.csv --model SPEC --root DIR --out DIR`: a model on labelled image pairs (`img1,img2,label[,type]`,
   paths relative to --root, refused when they leave it). Each distinct image is aligned and embedded once through the
   cached embedding pass, pairs are scored by cosine (`curation.scoring.pair_scores.score_pairs`, the scoring
-  `curation.predict` uses). Pairs with an image that could not be embedded (missing, unreadable, no face found) are *excluded* from the
-  metrics: they are counted, the first few named, all listed in DIR/excluded_pairs.csv and counted in metrics.json's
-  source. (A submission would give them a fallback score; here that would measure the fallback, not the model.)
+  `curation.predict` uses). Every pair is scored, as the LFW protocol demands: a face-crop photo where no face is found
+  is embedded from a centre crop (a weak alignment), a pair with an image that could not be embedded at all
+  (missing, unreadable) scores -1, i.e. is rejected. Both kinds are counted, the first few named, all listed in
+  DIR/fallback_pairs.csv and counted in metrics.json's source; `--exclude-fallback` leaves them out of the metrics.
 - `--compare RUN ...`: one table of several runs' metrics (folders holding metrics.json, or training run folders holding
   performance_history.json, whose best validation is used unless `--pick last`).
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, check_embedding_options
+from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, check_embedding_options, embed_options
 from curation.scoring import plots
 from curation.scoring.compare import compare_table, format_table
 from curation.scoring.evaluate import COMMAND, EvaluationOutput, evaluate_scores
@@ -67,9 +68,10 @@ EPILOG = """examples:
   python -m curation.evaluate --compare eval/pretrained eval/finetuned --out eval/comparison
 
 files: SUBMISSION.csv has columns pair_id,similarity (higher = same person); TRUTH.csv has pair_id,label (1 same person,
-0 not) and optionally type (e.g. same, different, own_fake). PAIRS.csv has img1,img2,label[,type]; pairs whose image
-cannot be embedded (missing, unreadable, no face) are left out of the metrics, named in the summary and listed in
-DIR/excluded_pairs.csv. Other columns are ignored. --out DIR must be absent, empty or an earlier evaluation folder
+0 not) and optionally type (e.g. same, different, own_fake). PAIRS.csv has img1,img2,label[,type]; every pair is
+scored: a face-crop photo where no face is found is embedded from a centre crop (weak alignment), a pair whose image
+cannot be embedded (missing, unreadable, no face) scores -1 (rejected); both are counted in the summary and listed in
+DIR/fallback_pairs.csv, and --exclude-fallback leaves them out of the metrics instead. Other columns are ignored. --out DIR must be absent, empty or an earlier evaluation folder
 (DIR/manifest.json lists every file written there; nothing else in DIR is ever replaced). Exit code 2 means bad input.
 """
 
@@ -95,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the folder --pairs' image paths are relative to (default: the CSV's folder)")
     p.add_argument("--out", type=Path, metavar="DIR", help="where to write (required with --scores and --pairs; with "
                    "--compare: compare.csv/.md and overlaid plots)")
+    p.add_argument("--exclude-fallback", action="store_true",
+                   help="--pairs: leave out of the metrics the pairs with an image that could not be embedded or was "
+                   "embedded from a centre-crop fallback (default: every pair is scored)")
     p.add_argument("--threshold", type=float,
                    help="operating threshold for accuracy and per-type rates (default: the EER threshold)")
     p.add_argument("--pick", choices=("best", "last"), default="best",
@@ -139,9 +144,13 @@ def _run_scores(args) -> int:
     return 0
 
 
-EXCLUDED_NAME = "excluded_pairs.csv"
-EXCLUDED_POLICY = ("pairs with an image that could not be embedded (missing, unreadable, no face found) are excluded "
-                   f"from the metrics and listed in {EXCLUDED_NAME}")
+FALLBACK_NAME = "fallback_pairs.csv"
+UNSCORED = -1.0  # the score of a pair with an image that has no embedding: the lowest cosine, always rejected
+FALLBACK_POLICY = (f"every pair is scored: a pair with an image embedded from a centre-crop fallback (weak alignment) "
+                   f"by its embedding, a pair with an image that could not be embedded at {UNSCORED:g} (rejected); "
+                   f"both are listed in {FALLBACK_NAME}")
+EXCLUDED_POLICY = (f"--exclude-fallback: pairs with an image embedded from a centre-crop fallback or not embedded at all "
+                   f"are excluded from the metrics and listed in {FALLBACK_NAME}")
 
 
 def _run_pairs(args) -> int:
@@ -157,23 +166,33 @@ def _run_pairs(args) -> int:
     cache = args.cache or args.out / "cache"
     if cache.absolute().is_relative_to(owned.root):
         owned.manage(cache.absolute().relative_to(owned.root).as_posix())
-    scored = score_pairs(root, pairs["img1"], pairs["img2"], embedder, cache_dir=cache,
-                         detector=args.detector, aligned=args.aligned, batch_size=args.batch_size,
-                         workers=args.workers, progress=not args.no_progress)
+    scored = score_pairs(root, pairs["img1"], pairs["img2"], embedder, cache_dir=cache, options=embed_options(args))
     print(f"embedding ({scored.cache_id}): {scored.summary}")
-    ok = ~np.isnan(scored.similarity)
-    bad = scored.problems["pair"].to_numpy(np.int64)  # one row per image without an embedding
-    excluded = pd.concat([pairs[["img1", "img2"]].iloc[bad].reset_index(drop=True),
-                          labelled.iloc[bad].reset_index(drop=True), scored.problems[["image", "status"]]], axis=1)
-    owned.write(EXCLUDED_NAME, lambda tmp: excluded.to_csv(tmp, index=False))
-    if not ok.all():
-        print(f"{scored.describe_problems()}: excluded from the metrics, listed in {args.out / EXCLUDED_NAME}")
+    unscored = np.isnan(scored.similarity)
+    listed = pd.concat([scored.problems, scored.weak]).sort_values("pair", kind="stable").reset_index(drop=True)
+    rows = listed["pair"].to_numpy(np.int64)  # one row per image without an embedding or with a weak alignment
+    fallback = pd.concat([pairs[["img1", "img2"]].iloc[rows].reset_index(drop=True),
+                          labelled.iloc[rows].reset_index(drop=True), listed[["image", "status"]]], axis=1)
+    owned.write(FALLBACK_NAME, lambda tmp: fallback.to_csv(tmp, index=False))
+    n_weak, n_fallback = scored.weak["pair"].nunique(), listed["pair"].nunique()
+    ok = np.ones(len(pairs), bool)
+    if args.exclude_fallback:
+        ok[rows] = False
+    if n_fallback:
+        what = "excluded from the metrics" if args.exclude_fallback else (
+            f"scored (not embedded: {UNSCORED:g}, rejected)")
+        print(f"{n_fallback:,} of {len(pairs):,} pair(s) used a fallback: {n_weak:,} a weak alignment (no face found, "
+              f"centre crop), {int(unscored.sum()):,} an image without an embedding"
+              + (f" ({scored.describe_problems()})" if unscored.any() else "") + f"; {what}; listed in "
+              f"{args.out / FALLBACK_NAME}")
     source = {"mode": "pairs", "pairs": str(args.pairs), "root": str(root), "model": args.model,
-              "embedding": scored.cache_id, "n_pairs": len(pairs), "n_excluded": int((~ok).sum()),
-              "excluded_policy": EXCLUDED_POLICY}
+              "embedding": scored.cache_id, "n_pairs": len(pairs), "n_fallback": int(n_fallback),
+              "n_weak_alignment": int(n_weak), "n_unscored": int(unscored.sum()), "n_excluded": int((~ok).sum()),
+              "fallback_policy": EXCLUDED_POLICY if args.exclude_fallback else FALLBACK_POLICY}
+    similarity = np.where(unscored, UNSCORED, scored.similarity)
     try:
         out = evaluate_scores(
-            scored.similarity[ok], labelled["label"].to_numpy()[ok], args.out,
+            similarity[ok], labelled["label"].to_numpy()[ok], args.out,
             types=labelled["type"].to_numpy()[ok] if "type" in labelled else None,
             ids=pairs.loc[ok, ["img1", "img2"]], threshold=args.threshold, source=source,
         )

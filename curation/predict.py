@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from curation.cli import RESUME_HINT, add_embedding_options, check_embedding_options
+from curation.cli import RESUME_HINT, add_embedding_options, check_embedding_options, embed_options
 from curation.scoring.predict import FALLBACK_SCORE, manifest_name, predict_pairs, problems_path
 from labels.cli import command_parser, run_command
 from labels.outputs import OutputFolder
@@ -81,8 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     owned.check(args.out.name, listed.name)  # refuses, before any work, an OUT this command did not write
     pred = predict_pairs(
         args.test_dir, args.model, cache_dir=args.cache or args.out.parent / "cache", pairs_csv=args.pairs,
-        aligned=args.aligned, detector=args.detector, device=args.device, batch_size=args.batch_size,
-        workers=args.workers, fallback_score=args.fallback_score, progress=not args.no_progress,
+        device=args.device, options=embed_options(args), fallback_score=args.fallback_score,
     )
     owned.write(args.out.name, lambda tmp: pred.scores.to_csv(tmp, index=False))
     owned.write(listed.name, lambda tmp: pred.problems.to_csv(tmp, index=False))

@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from curation.training import distributed
-from curation.training.config import CHOICES, DATA_ORDER_KEYS, ConfigError, TrainConfig, load_config_file, resolve_config
+from curation.training.config import (
+    CHOICES, DATA_ORDER_KEYS, MODEL_KEYS, ConfigError, TrainConfig, load_config, resolve_config,
+)
+from curation.training.presets import PRESETS
 from curation.training.distributed import World
 from curation.training.loop import TrainResult, train
 from curation.training.run_folder import RunFolder
@@ -34,6 +37,14 @@ _HELP = {
     "detector": "face detector for alignment: dlib (default) or scrfd:<file.onnx>; use the one the cleaning run used",
     "aligned": "the photos already are 112x112 ArcFace-template crops (no detection; only the size is checked)",
     "arch": "backbone depth: ir_18|ir_34|ir_50|ir_101 (default: read from --init; ir_101 with --init random)",
+    "input_convention": "with --init onnx:FILE: the file's input convention, arcface_rgb (RGB, (x-127.5)/128) or"
+    " adaface (BGR, (x-127.5)/127.5); default: read from the file's metadata as --model onnx: does, else arcface_rgb."
+    " RUN/best.onnx keeps it",
+    "trainable": "which layers train: all (default) or last:K, the K layers nearest the output (a layer = the"
+    " parameters one operation uses, found by a forward pass, so it means the same for IR and ONNX models)",
+    "warmup_steps": "linear learning-rate warm-up over the first N steps (default 0: none)",
+    "fake_fraction": "share of training pairs that are person-vs-own-deepfake pairs, 0..0.5 (default 0.25, the"
+    " recipe's 50/25/25; same-person pairs stay half, different-person pairs take the rest). Validation keeps 0.25",
     "unreviewed": "open flags on a work folder: keep (default) or apply their suggested action, as export does",
     "objective": "pair (adaptive-margin pair loss, the recipe) or adaface (AdaFace margin head on identities)",
     "batch_size": "pairs per step (photos per step with --objective adaface); default 32. Under torchrun this is"
@@ -69,6 +80,8 @@ _EPILOG = """examples:
   python -m curation.train_on_clean work --init adaface_ir101_webface12m.ckpt --out runs/ft1
   python -m curation.train_on_clean clean_export/ --init model.safetensors --out runs/ft2 --max-steps 20000
   python -m curation.train_on_clean work --init ir101.ckpt --out runs/ft3 --config recipe.toml --lr 1e-5
+  python -m curation.train_on_clean work --init onnx:mobilefacenet.onnx --out runs/mfn --config finetune-pretrained
+  python -m curation.evaluate --model onnx:runs/mfn/best.onnx --pairs val_pairs.csv --root photos --out eval/mfn
   python -m curation.train_on_clean --out runs/ft1 --resume            # continue after a crash or Ctrl-C
   python -m curation.train_on_clean work --init random --arch ir_18 --out runs/smoke --max-steps 50 --device cpu
   torchrun --nproc-per-node 4 -m curation.train_on_clean work --init ir101.ckpt --out runs/ft4 --batch-size 128
@@ -83,12 +96,19 @@ process. Across nodes, DATA, its crop cache and RUN must be on a file system eve
 
 DATA is a work folder (labels.sqlite: trains on the labels as reviewed, exactly what `labels.export` would write) or a
 dataset folder such as an export (ingested into RUN/work first). Precedence: defaults (the reference recipe) < --config
-file (TOML or YAML, same option names) < flags. The resolved config is printed and saved as RUN/config.json.
+(a preset: recipe = the defaults, finetune-pretrained = fine-tuning a pretrained embedder on a CPU; or a TOML / YAML
+file of the same option names) < flags. The resolved config is printed and saved as RUN/config.json.
 
-RUN gets performance_history.json (one record per validation: step, lr, train loss, EER and its threshold, the
-organisers' EER, accuracy at the fixed threshold, error rates per pair type), last.pt and best.pt (load them with
-embeddings.load_backbone, or pass them to --init / --model ir:<arch>:<file>), checkpoints/ (the best by EER) and state/
-(what --resume needs)."""
+--init takes an IR checkpoint (AdaFace .ckpt, CVLFace model.pt / .safetensors, a run's best.pt; also as
+ir:[ARCH:]FILE), an ArcFace-style ONNX embedder as onnx:FILE (the --model syntax), or random.
+
+RUN gets performance_history.json (one record per validation: step, lr, train loss, EER over all pairs and its
+threshold, real-only EER, deepfake FAR at that threshold, the organisers' EER, accuracy at the fixed threshold, error
+rates per pair type), last.pt and best.pt (load them with embeddings.load_backbone, or pass them to --init / --model
+ir:<arch>:<file>), checkpoints/ (the best by EER) and state/ (what --resume needs). From --init onnx:FILE, RUN also
+gets init.onnx (the source, which --resume rebuilds the model from) and, when the run ends, best.onnx and last.onnx:
+the fine-tuned weights in FILE's graph and input convention, checked against the torch module on validation crops,
+usable unchanged as --model onnx:RUN/best.onnx in curation.clean, curation.evaluate and curation.predict."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         _EPILOG, argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("data", nargs="?", metavar="DATA", help="work folder (labels.sqlite) or dataset folder")
-    parser.add_argument("--init", metavar="CKPT", help="pretrained backbone checkpoint, or 'random' (warns)")
+    parser.add_argument("--init", metavar="SPEC", help="pretrained weights: an IR checkpoint (or ir:[ARCH:]FILE),"
+                        " onnx:FILE (an ONNX embedder, as --model takes it), or 'random' (warns)")
     parser.add_argument("--out", metavar="RUN", help="run folder (created)")
-    parser.add_argument("--config", metavar="FILE", help="TOML or YAML file of options")
+    parser.add_argument("--config", metavar="PRESET|FILE",
+                        help=f"a preset ({', '.join(PRESETS)}) or a TOML / YAML file of options")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last save")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
@@ -121,7 +143,7 @@ def _resolve(args: dict) -> tuple[TrainConfig, bool]:
     resume = bool(args.pop("resume", False))
     args.pop("quiet", None)
     config_file = args.pop("config", None)
-    file_values = load_config_file(config_file) if config_file else {}
+    file_values = load_config(config_file) if config_file else {}
     base = None
     if resume:
         out = args.get("out") or file_values.get("out")
@@ -141,15 +163,16 @@ def _resolve(args: dict) -> tuple[TrainConfig, bool]:
                 return Path(a).resolve() == Path(b).resolve()
             return a == b
 
-        changed = [k for k in DATA_ORDER_KEYS if not same(k, getattr(cfg, k), base.get(k))]
-        if changed:
-            raise ConfigError(
-                f"--resume cannot change {', '.join(changed)}: they decide the data order of the run in {cfg.out}"
-                " (start a new run with another --out instead)"
-            )
+        for keys, what in ((DATA_ORDER_KEYS, "the data order"), (MODEL_KEYS, "the weights")):
+            changed = [k for k in keys if not same(k, getattr(cfg, k), base.get(k, getattr(TrainConfig(), k)))]
+            if changed:
+                raise ConfigError(
+                    f"--resume cannot change {', '.join(changed)}: they decide {what} of the run in {cfg.out}"
+                    " (start a new run with another --out instead)"
+                )
     for name, what in (("data", "DATA (a work folder or dataset folder)"), ("out", "--out RUN"), ("init", "--init")):
         if not getattr(cfg, name):
-            raise ConfigError(f"missing {what}" + (" (a checkpoint, or 'random')" if name == "init" else ""))
+            raise ConfigError(f"missing {what}" + (" (a checkpoint, onnx:FILE, or 'random')" if name == "init" else ""))
     return cfg, resume
 
 
@@ -183,10 +206,16 @@ def _summary(result: TrainResult) -> str:
         first, last = result.history[0], result.history[-1]
         lines.append(f"validation EER: {first['eer']:.4f} at step {first['step']} -> {last['eer']:.4f} at step "
                      f"{last['step']}")
+        for key, name in (("eer_real", "real-only EER"), ("fake_far", "deepfake FAR at the EER threshold")):
+            if first.get(key) is not None and last.get(key) is not None:
+                lines.append(f"{name}: {first[key]:.4f} -> {last[key]:.4f}")
     if result.best is not None:
         lines.append(f"best: EER {result.best.eer:.4f} at step {result.best.step} -> {result.run / 'best.pt'}")
     lines.append(f"history: {result.run / 'performance_history.json'}; last: {result.run / 'last.pt'} (weights "
                  f"{result.weights[:16]})")
+    for path in result.onnx:
+        lines.append(f"{path}: the fine-tuned ONNX embedder, same input convention as --init; use it as "
+                     f"--model onnx:{path} in curation.clean, curation.evaluate and curation.predict")
     return "\n".join(lines)
 
 

@@ -105,14 +105,53 @@ def warp(rgb: np.ndarray, m: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def center_crop(rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
-    """The central square of the photo resized to size x size: a crude stand-in when no face is detected."""
+# Where the 5 points sit in a face-crop photo (LFW style: one face, centred, at a common scale), as fractions of its
+# width and height: the median of dlib's points on 122 LFW photos (the pass measures its own dataset's when it can).
+FACE_CROP_POINTS = np.array(
+    [[0.4178, 0.4544], [0.5800, 0.4511], [0.5000, 0.5467], [0.4300, 0.6333], [0.5733, 0.6333]], dtype=np.float32
+)
+_FACE_CROP_MIN_FACES = 20  # fewer detected faces than this say nothing about where faces sit
+_FACE_CROP_SPREAD = 0.08  # a face whose centre is within this (fraction of the photo) of the median one is in place
+_FACE_CROP_SCALE = 0.3  # ... and whose eye distance is within this share of the median one
+_FACE_CROP_SHARE = 0.9  # the photos are face crops when at least this share of their faces is in place
+
+
+def face_crop_points(relative: np.ndarray, face_crops: str) -> np.ndarray | None:
+    """Where faces sit in a dataset's photos, when its photos are face crops: the median of `relative` (the 5 points
+    of detected faces [N, 5, 2] as fractions of their photo's width and height), else None.
+
+    face_crops: "yes" (always; FACE_CROP_POINTS when fewer than 20 faces were found), "no" (never), "auto" (when at
+    least 90% of the faces sit within 0.08 of the median centre at the median scale +-30%, that centre is within 0.15
+    of the photo's, and the eyes are at least 8% of the width apart: LFW-like photos qualify, photos of people in
+    scenes do not).
+
+    Example:
+        >>> face_crop_points(points / [150, 150], "auto")     # LFW: ~FACE_CROP_POINTS
+    """
+    if face_crops not in ("auto", "yes", "no"):
+        raise ValueError(f"face_crops must be auto, yes or no, got {face_crops!r}")
+    relative = np.asarray(relative, np.float64).reshape(-1, 5, 2)
+    if face_crops == "no":
+        return None
+    if len(relative) < _FACE_CROP_MIN_FACES:
+        return FACE_CROP_POINTS.copy() if face_crops == "yes" else None
+    median = np.median(relative, axis=0)
+    if face_crops == "auto":
+        centre, median_centre = relative.mean(1), median.mean(0)
+        eyes = np.linalg.norm(relative[:, 1] - relative[:, 0], axis=1)
+        median_eyes = float(np.linalg.norm(median[1] - median[0]))
+        in_place = (np.abs(centre - median_centre) <= _FACE_CROP_SPREAD).all(1) & (
+            np.abs(eyes / max(median_eyes, 1e-9) - 1) <= _FACE_CROP_SCALE)
+        if in_place.mean() < _FACE_CROP_SHARE or (np.abs(median_centre - 0.5) > 0.15).any() or median_eyes < 0.08:
+            return None
+    return median.astype(np.float32)
+
+
+def center_crop(rgb: np.ndarray, points: np.ndarray = FACE_CROP_POINTS) -> np.ndarray:
+    """The crop a face-crop photo gives when its face sits where faces sit in such photos (`points`, fractions of the
+    width and height): the stand-in when no detector finds the face (method "center_crop", a weak alignment)."""
     h, w = rgb.shape[:2]
-    side = min(h, w)
-    y, x = (h - side) // 2, (w - side) // 2
-    square = rgb[y : y + side, x : x + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(square, (size, size), interpolation=interp)
+    return warp(rgb, similarity_transform(np.asarray(points, np.float64) * [w, h]))
 
 
 def _check_pre_aligned(rgb: np.ndarray) -> AlignResult:
@@ -125,15 +164,12 @@ def _check_pre_aligned(rgb: np.ndarray) -> AlignResult:
     return AlignResult(np.ascontiguousarray(rgb), landmarks=ARCFACE_TEMPLATE.copy(), method="pre-aligned")
 
 
-def align(
-    rgb: np.ndarray, detector: Detector | None, *, aligned: bool = False, center_crop_fallback: bool = False
-) -> AlignResult:
+def align(rgb: np.ndarray, detector: Detector | None, *, aligned: bool = False) -> AlignResult:
     """Find the photo's subject and warp it to the ArcFace 112x112 template.
 
     rgb: HxWx3 uint8 RGB (as `labels.imagefile.read_rgb` returns). detector: from `embeddings.detectors.make_detector`
     (unused, and may be None, when aligned=True). aligned: the photos already are template crops; only their size is
-    checked. center_crop_fallback: when no face is found, return the central square instead (method "center_crop", the
-    problem kept).
+    checked. No crop when no usable face is found (the pass may then take `center_crop`, see embeddings.pipeline).
     """
     if aligned:
         return _check_pre_aligned(rgb)
@@ -155,6 +191,4 @@ def align(
                 problem = f"no_face: landmarks unusable ({exc})"
             else:
                 return AlignResult(warp(rgb, m), landmarks=face.points, box=face.box, method="detected")
-    if center_crop_fallback:
-        return AlignResult(center_crop(rgb), method="center_crop", problem=problem)
     return AlignResult(None, problem=problem)

@@ -124,7 +124,9 @@ def encode_problem(problem: str | None) -> bytes:
 
 
 def alignment_store(cache_dir: str | Path, align_id: str, **kwargs) -> ShardStore:
-    return ShardStore(Path(cache_dir) / "crops" / align_id / "outcomes", alignment_dtype(), **kwargs)
+    """Alignment outcomes; of two records of a photo (a no-face verdict, then its centre-crop fallback) the one with a
+    crop wins (method codes: 0 = no crop)."""
+    return ShardStore(Path(cache_dir) / "crops" / align_id / "outcomes", alignment_dtype(), prefer="method", **kwargs)
 
 
 def embedding_store(cache_dir: str | Path, cache_id: str, dim: int, **kwargs) -> ShardStore:
@@ -149,8 +151,11 @@ class ShardStore:
 
     folder: the store's folder (created on first write). dtype: a structured dtype whose first field is `key`.
     flush_rows / flush_seconds: buffered records are written as a shard when either is reached (and on `flush`/`close`).
-    merge_at: when a writer finds this many shards smaller than flush_rows, it merges them into one.
-    A key added twice keeps one record (the records of one key are equal by construction: same bytes, same model).
+    merge_at / merge_rows: when a writer opens or closes the store, or has written merge_at shards, it merges the
+    shards smaller than merge_rows (once there are merge_at of them) into shards of up to merge_at * merge_rows.
+    A key added twice keeps one record: the one with the largest `prefer` field (the alignment store prefers a record
+    with a crop, e.g. a centre-crop fallback made after a no-face verdict, to the verdict), or any one when prefer is
+    None (the records of one key are then equal by construction: same bytes, same model).
     """
 
     def __init__(
@@ -161,6 +166,8 @@ class ShardStore:
         flush_rows: int = 4096,
         flush_seconds: float = 30.0,
         merge_at: int = 16,
+        merge_rows: int = 4096,
+        prefer: str | None = None,
     ):
         if dtype.names is None or dtype.names[0] != "key":
             raise ValueError("a ShardStore dtype must be structured with 'key' as its first field")
@@ -169,6 +176,9 @@ class ShardStore:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.merge_at = merge_at
+        self.merge_rows = merge_rows
+        self.prefer = prefer
+        self._written = 0  # shards written since the last merge
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
         self._last_flush = time.monotonic()
@@ -187,12 +197,18 @@ class ShardStore:
             all_keys = np.concatenate(keys)
             shard = np.concatenate([np.full(len(k), i, np.int32) for i, k in enumerate(keys)])
             row = np.concatenate([np.arange(len(k), dtype=np.int64) for k in keys])
-            order = np.argsort(all_keys, kind="stable")
+            order = self._order(all_keys, self._shards)
             self._keys, self._shard, self._row = all_keys[order], shard[order], row[order]
         else:
             self._keys = np.zeros(0, f"S{KEY_BYTES}")
             self._shard = np.zeros(0, np.int32)
             self._row = np.zeros(0, np.int64)
+
+    def _order(self, keys: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+        """Sort order by key, and within a key by the `prefer` field: the preferred record of a key comes last."""
+        if self.prefer is None:
+            return np.argsort(keys, kind="stable")
+        return np.lexsort((np.concatenate([p[self.prefer] for p in parts]), keys))
 
     def _load(self, path: Path) -> np.ndarray | None:
         try:
@@ -222,7 +238,7 @@ class ShardStore:
         want = np.array([k.encode("ascii") for k in keys], dtype=f"S{KEY_BYTES}")
         if not self._keys.size or not want.size:
             return np.zeros(len(want), bool), want, np.zeros(len(want), np.int64)
-        pos = np.minimum(np.searchsorted(self._keys, want), len(self._keys) - 1)
+        pos = np.maximum(np.searchsorted(self._keys, want, side="right") - 1, 0)  # the last, preferred record
         return self._keys[pos] == want, want, pos
 
     def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +274,9 @@ class ShardStore:
             return
         self._write_shard(np.concatenate(self._buffer))
         self._buffer, self._buffered = [], 0
+        self._written += 1
+        if self._written >= self.merge_at:  # a long run with a short flush window: keep the shard count bounded
+            self._merge_small(refresh=False)
 
     def close(self) -> None:
         """Flush, then merge small shards if this store wrote any (so slow runs do not leave thousands of files)."""
@@ -282,36 +301,43 @@ class ShardStore:
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy"
         return atomic_write(self.folder / name, lambda tmp: save_npy(tmp, records))
 
-    def _merge_small(self) -> None:
-        """Merge shards smaller than flush_rows, deduplicated; the old shards go only once the merged one is durable."""
+    def _merge_small(self, refresh: bool = True) -> None:
+        """Merge shards smaller than merge_rows, deduplicated; the old shards go only once the merged one is durable.
+
+        refresh=False during a run: the writer does not read its own index, and rebuilding it would cost a sort over
+        every stored key at each merge."""
+        self._written = 0
         if not self.folder.is_dir():
             return
         with self._lock(exclusive=True):
             small = []
             for path in sorted(self.folder.glob("shard-*.npy")):
                 arr = self._load(path)
-                if arr is not None and len(arr) < self.flush_rows:
+                if arr is not None and len(arr) < self.merge_rows:
                     small.append((path, arr))
             if len(small) < self.merge_at:
                 return
             # Groups of up to merge_at * flush_rows records, so that a merge never holds a whole huge cache in memory.
             groups, rows = [[]], 0
             for item in small:
-                if rows >= self.merge_at * self.flush_rows:
+                if rows >= self.merge_at * self.merge_rows:
                     groups.append([])
                     rows = 0
                 groups[-1].append(item)
                 rows += len(item[1])
             for group in groups:
-                merged = np.concatenate([arr for _, arr in group])
-                _, first = np.unique(merged["key"], return_index=True)
-                self._write_shard(merged[np.sort(first)])
+                parts = [arr for _, arr in group]
+                merged = np.concatenate(parts)
+                merged = merged[self._order(merged["key"], parts)]
+                last = np.append(merged["key"][1:] != merged["key"][:-1], True)  # each key's preferred record
+                self._write_shard(merged[last])
                 for path, _ in group:
                     with contextlib.suppress(OSError):  # a leftover only duplicates records, which lookups tolerate
                         path.unlink()
             fsync_dir(self.folder)
             self._remove_stale_temps()
-        self.refresh()
+        if refresh:
+            self.refresh()
 
     def _remove_stale_temps(self, age_seconds: float = 3600.0) -> None:
         """Temp files of killed writers (older than an hour, so a live writer's file is never touched)."""

@@ -43,6 +43,9 @@ from labels.cli import UserError
 from labels.files import atomic_write
 
 FORMAT_TAG = "facecur-backbone-v1"
+# The `arch` of this project's format for the weights of a fine-tuned ONNX embedder (embeddings.onnx_backbone): a
+# state_dict of the module built from the run's init.onnx, not an IR backbone, so only that module loads it.
+ONNX_ARCH = "onnx"
 _ANCHOR = "input_layer.0.weight"  # every IR backbone has it; what precedes it in a key is the prefix to strip
 _KNOWN_PREFIXES = ("", "model.", "net.", "model.net.", "module.", "model.module.")
 # Bookkeeping classes that training frameworks pickle beside the weights. They are replaced by `_Unloaded`, never
@@ -94,7 +97,8 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> BackboneCheckp
 
     Inputs: `path` to any format listed in the module doc; `arch` (ir_18|ir_34|ir_50|ir_101) if the caller needs a
     particular depth, None to take whatever the file holds.
-    Output: a `BackboneCheckpoint` whose `state_dict` loads strictly into `build_backbone(result.arch)`.
+    Output: a `BackboneCheckpoint` whose `state_dict` loads strictly into `build_backbone(result.arch)`; for a
+    fine-tuned ONNX embedder's weights (arch "onnx", see save_backbone) into the module built from its ONNX file.
     Raises `CheckpointError` (file name + reason) for a missing, empty, truncated or corrupt file, a file that is not an
     IR backbone, a pickle that would run code, a depth other than `arch`, or missing / unexpected / misshapen keys.
 
@@ -108,6 +112,10 @@ def read_checkpoint(path: str | Path, arch: str | None = None) -> BackboneCheckp
         raise CheckpointError(path, f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
     obj, kind, notes = _read_file(path)
     weights, meta, own = _unwrap(path, obj, kind)
+    if own and obj.get("arch") == ONNX_ARCH:  # a fine-tuned ONNX embedder's weights: no IR layout to check
+        if arch is not None:
+            raise CheckpointError(path, f"holds a fine-tuned ONNX embedder's weights, not an IR backbone ({arch})")
+        return BackboneCheckpoint(path, ONNX_ARCH, "facecur", dict(weights), meta, notes)
     prefix = _find_prefix(path, weights)
     state_dict = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     ignored = [k for k in weights if not k.startswith(prefix)]
@@ -137,6 +145,10 @@ def load_backbone(path: str | Path, arch: str | None = None, map_location: str |
         >>> unit, norm = model(to_input(crops, "adaface"))
     """
     ckpt = read_checkpoint(path, arch)
+    if ckpt.arch == ONNX_ARCH:
+        raise CheckpointError(
+            path, "holds the weights of a fine-tuned ONNX embedder, not an IR backbone: use the ONNX file its run "
+            "wrote beside it (--model onnx:RUN/best.onnx), or continue the run with --resume")
     # Built on the meta device and allocated uninitialised: every tensor is overwritten by the strict load anyway,
     # and the random initialisation of an IR-101 costs seconds.
     with torch.device("meta"):
@@ -149,7 +161,8 @@ def load_backbone(path: str | Path, arch: str | None = None, map_location: str |
 def save_backbone(model: nn.Module, path: str | Path, **meta) -> Path:
     """Write `model`'s weights in this project's format, atomically (temp file beside `path`, fsync, rename).
 
-    Inputs: an IR `Backbone` (its depth is read from its keys), the destination, and plain metadata (numbers, strings,
+    Inputs: an IR `Backbone` (its depth is read from its keys) or an `embeddings.onnx_backbone.OnnxBackbone` (arch
+    "onnx": its state_dict as it is, which only a module built from the same ONNX file loads), the destination, and plain metadata (numbers, strings,
     lists, dicts, None; e.g. step=1200, eer=0.031) that `read_checkpoint(path).meta` gives back.
     Output: the path written. A kill at any moment leaves either the old file or the new one, never half a file.
 
@@ -161,7 +174,7 @@ def save_backbone(model: nn.Module, path: str | Path, **meta) -> Path:
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     model = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
     state_dict = OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in model.state_dict().items())
-    arch = _arch_from_keys(path, state_dict)
+    arch = ONNX_ARCH if getattr(model, "arch", None) == ONNX_ARCH else _arch_from_keys(path, state_dict)
     payload = {"format": FORMAT_TAG, "arch": arch, "state_dict": state_dict, "meta": dict(meta)}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 

@@ -7,7 +7,8 @@ were given, with the 5 points in ArcFace order (left eye, right eye, nose tip, l
 "left" = image left).
 
 Each detector has an `id` that names it and its weights; the alignment cache key is built from it, so crops made by one
-detector are never mistaken for another's.
+detector are never mistaken for another's. Two specs joined by "+" ("dlib+scrfd:<file>") make a `SecondOpinion`: the
+second detector looks only at the photos where the first finds no face.
 
 Example:
     >>> det = make_detector("dlib")                  # or make_detector("scrfd:/models/scrfd_2.5g_bnkps.onnx")
@@ -237,6 +238,21 @@ class ScrfdDetector:
         ]
 
 
+@dataclass
+class SecondOpinion:
+    """Two detectors: the second runs only where the first finds no face (dlib's HOG misses turned faces that SCRFD
+    finds; the first stays the one that decides every other photo, so its crops are unchanged)."""
+
+    first: Detector
+    second: Detector
+
+    def __post_init__(self) -> None:
+        self.id = f"{self.first.id}+{self.second.id}"
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return self.first.detect(rgb) or self.second.detect(rgb)
+
+
 def _scrfd_id(path: Path, input_size: int, min_input_size: int) -> str:
     return f"scrfd-{file_sha256(path)[:12]}-{min_input_size}-{input_size}"
 
@@ -249,11 +265,20 @@ def _parse(spec: str) -> tuple[str, Path | None]:
     raise DetectorError(f"unknown detector {spec!r}: use 'dlib' or 'scrfd:<file.onnx>'")
 
 
+def _split(spec: str) -> list[str]:
+    parts = spec.split("+")
+    if len(parts) != 2 or parts[0] == parts[1]:
+        raise DetectorError(f"bad detector {spec!r}: join two different detectors with one '+', e.g. dlib+scrfd:<file>")
+    return parts
+
+
 def detector_id(spec: str) -> str:
     """The id `make_detector(spec).id` will have, without loading the models (cheap enough for the main process).
 
     dlib: the dlib version (its HOG and predictor are part of the package); SCRFD: a hash of the weights file.
     """
+    if "+" in spec:
+        return "+".join(detector_id(part) for part in _split(spec))
     kind, path = _parse(spec)
     if kind == "dlib":
         import dlib
@@ -268,8 +293,11 @@ def make_detector(spec: str = "dlib", *, threads: int = 0) -> Detector:
     """Build a detector from its spec: "dlib" (offline default) or "scrfd:<file.onnx>".
 
     `threads` bounds the ONNX detector's threads (0 = one per usable core); DataLoader workers pass 1 so that several
-    workers do not fight over the cores the embedding model needs.
+    workers do not fight over the cores the embedding model needs. "A+B": `SecondOpinion(A, B)`.
     """
+    if "+" in spec:
+        first, second = (make_detector(part, threads=threads) for part in _split(spec))
+        return SecondOpinion(first, second)
     kind, path = _parse(spec)
     if kind == "dlib":
         return DlibDetector()

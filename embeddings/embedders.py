@@ -35,7 +35,7 @@ from embeddings.checkpoints import load_backbone
 from embeddings.detectors import dlib_model_path
 from embeddings.device import autocast, pick_device
 from embeddings.ortsession import ort_session
-from embeddings.preprocess import CONVENTIONS, ONNX_CONVENTION_KEY, to_input
+from embeddings.preprocess import ConventionError, onnx_convention, to_input
 from labels.cli import UserError
 from labels.files import file_sha256
 
@@ -66,7 +66,8 @@ class Embedder:
     id: cache key (name + weights hash [+ "-flip"]). dim: embedding size. device: where the model runs (the pass pins
     memory when it is CUDA). forward: crops -> raw (unnormalised) float32 [N, dim]. flip: fuse crops with their mirror.
     spec: what `make_embedder` was given ("" for a model in memory), so that another process (a Ray actor) can build
-    the same embedder.
+    the same embedder. per_process: one call uses one core (dlib), so the pass runs a copy in each of its worker
+    processes, one per core; the others keep their intra-op threads (or their GPU) in the main process.
     """
 
     id: str
@@ -75,6 +76,7 @@ class Embedder:
     device: torch.device = torch.device("cpu")
     flip: bool = False
     spec: str = ""
+    per_process: bool = False
 
     def embed(self, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
         """uint8 RGB crops [N, 112, 112, 3] (numpy, or a torch tensor such as a pinned DataLoader batch) ->
@@ -146,12 +148,9 @@ def torch_embedder(
     return Embedder(id=name + ("-flip" if flip else ""), dim=dim, forward=forward, device=device, flip=flip)
 
 
-def _ir_embedder(rest: str, device: torch.device, flip: bool) -> Embedder:
-    arch, sep, path = rest.partition(":")
-    if not (sep and arch in ARCHS):  # "ir:<checkpoint>": depth read from the file
-        arch, path = None, rest
-    path = _existing_file(Path(path), "checkpoint file")
-    model = load_backbone(path, arch=arch)  # CheckpointError (a ValueError) names the file and the problem
+def _ir_embedder(spec: ModelSpec, device: torch.device, flip: bool) -> Embedder:
+    path = _existing_file(spec.path, "checkpoint file")
+    model = load_backbone(path, arch=spec.arch)  # CheckpointError (a ValueError) names the file and the problem
     return torch_embedder(model, f"{model.arch}-{file_sha256(path)[:12]}", device=device, flip=flip)
 
 
@@ -171,12 +170,10 @@ def _onnx_embedder(path: Path, device: torch.device, flip: bool) -> Embedder:
         raise EmbedderError(
             f"{path}: input {inp.name!r} is shaped {shape}; an ArcFace-style embedder takes [N, 3, 112, 112]"
         )
-    convention = session.get_modelmeta().custom_metadata_map.get(ONNX_CONVENTION_KEY, "arcface_rgb")
-    if convention not in CONVENTIONS:
-        raise EmbedderError(
-            f"{path}: metadata {ONNX_CONVENTION_KEY}={convention!r} is not a known input convention "
-            f"({', '.join(CONVENTIONS)})"
-        )
+    try:
+        convention = onnx_convention(session.get_modelmeta().custom_metadata_map, str(path))
+    except ConventionError as exc:
+        raise EmbedderError(str(exc)) from None
     batch = fixed[0]  # some exports hard-wire the batch size (MobileFaceNet: 1): then feed it that many at a time
     output = session.get_outputs()[0].name
 
@@ -232,7 +229,44 @@ def _dlib_embedder(flip: bool) -> Embedder:
         return np.array(model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
 
     name = f"dlib-resnet-{file_sha256(path)[:12]}-chip{DLIB_CHIP_VERSION}"
-    return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip)
+    return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip, per_process=True)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model spec, parsed: `kind` dlib | ir | onnx; `path` the model file (None for dlib); `arch` the IR depth
+    the spec insists on (None: read from the checkpoint)."""
+
+    kind: str
+    path: Path | None = None
+    arch: str | None = None
+
+
+SPEC_FORMS = "dlib, ir:<arch>:<checkpoint> or onnx:<file.onnx>"
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Split a model spec ("dlib", "ir:<arch>:<checkpoint>", "ir:<checkpoint>", "onnx:<file>") into its parts.
+
+    The one parser of the syntax: `make_embedder` (--model of clean, evaluate, predict) and fine-tuning's `--init`
+    read specs through it, so a file that works as `--model onnx:FILE` works as `--init onnx:FILE`. Nothing is read
+    from disk here. Raises EmbedderError for a spec of no known form.
+
+    Example:
+        >>> parse_spec("ir:ir_50:model.pt")
+        ModelSpec(kind='ir', path=PosixPath('model.pt'), arch='ir_50')
+    """
+    kind, _, rest = spec.partition(":")
+    if spec == "dlib":
+        return ModelSpec("dlib")
+    if kind == "ir" and rest:
+        arch, sep, path = rest.partition(":")
+        if not (sep and arch in ARCHS):  # "ir:<checkpoint>": depth read from the file
+            arch, path = None, rest
+        return ModelSpec("ir", Path(path).expanduser(), arch)
+    if kind == "onnx" and rest:
+        return ModelSpec("onnx", Path(rest).expanduser())
+    raise EmbedderError(f"unknown embedder {spec!r}: use {SPEC_FORMS}")
 
 
 def make_embedder(spec: str, device: str | torch.device = "auto", flip: bool = False) -> Embedder:
@@ -245,15 +279,13 @@ def make_embedder(spec: str, device: str | torch.device = "auto", flip: bool = F
         >>> make_embedder("onnx:models/mobilefacenet.onnx").dim
         128
     """
+    parsed = parse_spec(spec)
     device = pick_device(device) if isinstance(device, str) else device
-    kind, _, rest = spec.partition(":")
-    if spec == "dlib":
+    if parsed.kind == "dlib":
         embedder = _dlib_embedder(flip)
-    elif kind == "ir" and rest:
-        embedder = _ir_embedder(rest, device, flip)
-    elif kind == "onnx" and rest:
-        embedder = _onnx_embedder(Path(rest), device, flip)
+    elif parsed.kind == "ir":
+        embedder = _ir_embedder(parsed, device, flip)
     else:
-        raise EmbedderError(f"unknown embedder {spec!r}: use dlib, ir:<arch>:<checkpoint> or onnx:<file.onnx>")
+        embedder = _onnx_embedder(parsed.path, device, flip)
     embedder.spec = spec
     return embedder

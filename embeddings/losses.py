@@ -79,15 +79,8 @@ class AdaFaceHead(nn.Module):
         >>> loss = F.cross_entropy(head(unit, norm, y), y)
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        embedding_size: int = 512,
-        m: float = 0.4,
-        h: float = 0.333,
-        s: float = 64.0,
-        t_alpha: float = 0.01,
-    ):
+    def __init__(self, num_classes: int, embedding_size: int = 512, m: float = 0.4, h: float = 0.333, s: float = 64.0,
+                 t_alpha: float = 0.01):
         super().__init__()
         self.num_classes, self.m, self.h, self.s, self.t_alpha = num_classes, m, h, s, t_alpha
         self.eps = 1e-3

@@ -243,6 +243,11 @@ class OnnxModule(nn.Module):
         else:
             self.register_buffer(slot, tensor)
 
+    def onnx_tensors(self) -> dict[str, torch.Tensor]:
+        """The current value of every initializer and Constant, by its name in the ONNX graph: what writing the
+        (fine-tuned) weights back into the source graph needs."""
+        return {onnx_name: getattr(self, slot) for onnx_name, slot in self._slot.items()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run_part(x)
 

@@ -22,7 +22,11 @@ from labels.imagefile import ImageError, read_rgb
 # Task modes: what a photo needs in this pass.
 MODE_FROM_CACHE = 0  # read the cached crop (re-align if it is missing or damaged)
 MODE_ALIGN = 1  # decode and align
-MODE_FALLBACK = 2  # known to have no face: decode and take the centre crop (center_crop_fallback)
+MODE_FALLBACK = 2  # known to have no face: decode and take the centre crop (`PhotoAligner.face_points`)
+
+# The status of a photo whose alignment raised: "no_face: alignment failed (TypeName: message)". Not cached (the next
+# run retries it), and counted by type by the pass, which stops when one type covers most photos.
+ALIGN_FAILED = "no_face: alignment failed"
 
 
 # Detectors by (spec, pid of the process that built them). The main process builds one before the workers start (a bad
@@ -52,13 +56,15 @@ class PhotoAligner:
     Plain settings, so it pickles: the local pass hands it to DataLoader workers, the Ray engine to its actors (which
     then write the crops into `cache_dir` themselves: on a cluster that folder must be on a shared filesystem).
     Call it with (path, content key, mode) -> (crop or None, new alignment record or None, error status or None).
+    face_points: for MODE_FALLBACK, where faces sit in this dataset's photos (5 (x, y) fractions of the width and
+    height, `embeddings.align.face_crop_points`).
     """
 
     detector: str
     aligned: bool
-    fallback: bool
     cache_dir: Path
     align_id: str
+    face_points: tuple | None = None
 
     def __call__(self, path: str, key: str, mode: int) -> tuple[np.ndarray | None, np.void | None, str | None]:
         target = crop_path(self.cache_dir, self.align_id, key)
@@ -74,14 +80,23 @@ class PhotoAligner:
         detector = None if self.aligned or mode == MODE_FALLBACK else get_detector(self.detector)
         try:
             if mode == MODE_FALLBACK:
-                result = AlignResult(center_crop(rgb), method="center_crop")
+                points = np.array(self.face_points, np.float32)
+                result = AlignResult(center_crop(rgb, points), landmarks=points * [rgb.shape[1], rgb.shape[0]],
+                                     method="center_crop")
             else:
-                result = align(rgb, detector, aligned=self.aligned, center_crop_fallback=self.fallback)
+                result = align(rgb, detector, aligned=self.aligned)
             if result.crop is not None:
                 write_crop(target, result.crop)
         except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch
-            return None, None, f"no_face: alignment failed ({type(exc).__name__}: {exc})"
+            return None, None, f"{ALIGN_FAILED} ({type(exc).__name__}: {exc})"
         return result.crop, _record(alignment_dtype(), key, result), None
+
+
+def failure_type(status: str) -> str | None:
+    """The exception type named by an ALIGN_FAILED status ("ValueError"), None for any other status."""
+    if not status.startswith(ALIGN_FAILED + " ("):
+        return None
+    return status[len(ALIGN_FAILED) + 2 :].split(":", 1)[0].rstrip(")")
 
 
 def get_detector(spec: str, threads: int | None = None) -> Detector:
@@ -110,7 +125,8 @@ def single_threaded() -> None:
     cv2.setNumThreads(0)
 
 
-Batch = tuple[list, np.ndarray | None, np.ndarray | None]
+Batch = tuple[list, np.ndarray | None, np.ndarray | None, int | None]
 """What an engine hands the driver per batch: ([(task index, has crop, new alignment record or None, error or None)],
-unit embeddings [n_crops, D] and norms [n_crops] of the photos with a crop, in task order; None without an embedder).
+unit embeddings [n_crops, D] and norms [n_crops] of the photos with a crop, in task order (None without an embedder),
+the id of the process that embedded them (None without an embedder), which the pass counts for its report).
 """

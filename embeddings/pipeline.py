@@ -9,7 +9,8 @@ alignment, and a run resumed after SIGKILL only compute what is missing; (3) nev
 unreadable file or a photo without a face gets a status, the rest of its batch is embedded.
 
 Statuses: "ok", "unreadable: <reason>", "no_face: <reason>", "bad_size: <reason>" (--aligned mode). Methods: "detected",
-"center_crop" (only with center_crop_fallback), "pre-aligned", or "" when there is no crop.
+"center_crop" (no detector found the face of a face-crop photo: embedded from where faces sit in the dataset's other
+photos, a weak alignment; see `EmbedOptions.face_crops`), "pre-aligned", or "" when there is no crop.
 
 Example:
     >>> embedder = make_embedder("dlib")
@@ -27,7 +28,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from embeddings.align import CROP_SIZE
+from embeddings.align import CROP_SIZE, face_crop_points
 from embeddings.align import align_id as make_align_id
 from embeddings.cache import (
     METHOD_CODES,
@@ -47,13 +48,25 @@ from embeddings.cache import (
     read_crop,
 )
 from embeddings.embedders import Embedder
-from embeddings.photo import MODE_ALIGN, MODE_FALLBACK, MODE_FROM_CACHE, PhotoAligner, get_detector, single_threaded
+from embeddings.options import ENGINES, EmbedOptions
+from embeddings.photo import (
+    MODE_ALIGN,
+    MODE_FALLBACK,
+    MODE_FROM_CACHE,
+    PhotoAligner,
+    failure_type,
+    get_detector,
+    single_threaded,
+)
 from labels.files import file_sha256
+from labels.imagefile import ImageError, image_size
 from labels.cli import UserError
 
 __all__ = [
     "CropDataset",
+    "EmbedOptions",
     "EmbedResult",
+    "PassFailure",
     "align_images",
     "crop_path",
     "embed_images",
@@ -61,7 +74,6 @@ __all__ = [
     "get_detector",
 ]
 
-ENGINES = ("local", "ray")  # where the pass runs: DataLoader workers + this process, or a Ray cluster
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Should not happen (every crop of a run is embedded before the caches close); said plainly if it ever does.
@@ -77,6 +89,8 @@ class EmbedResult:
     norm (AdaFace's quality signal), NaN where status != "ok". status / method: see the module docstring.
     align_id: names the crop cache folder (`crop_path(cache_dir, align_id, key)`); cache_id: the embedding cache folder.
     aligned_now / embedded_now: photos aligned / crops embedded by this run (the rest came from the caches).
+    embed_processes: how many processes embedded them (one per core for dlib; 1 for a model with intra-op threads
+    or on a GPU; 0 when nothing was embedded).
     """
 
     keys: list[str]
@@ -88,15 +102,17 @@ class EmbedResult:
     cache_id: str = ""
     aligned_now: int = 0
     embedded_now: int = 0
+    embed_processes: int = 0
 
     def counts(self) -> Counter:
         """Photos per status kind ("ok", "no_face", "unreadable", "bad_size", ...)."""
         return Counter(s.split(":", 1)[0] for s in self.status)
 
     def summary(self) -> str:
-        """One line for a person: '4870 ok, 8 no_face, 1 unreadable (123 aligned, 4879 embedded in this run)'."""
+        """One line for a person: '4870 ok, 8 no_face (123 aligned, 4878 embedded in this run by 2 processes)'."""
         counts = ", ".join(f"{n} {kind}" for kind, n in self.counts().most_common())
-        return f"{counts or 'no photos'} ({self.aligned_now} aligned, {self.embedded_now} embedded in this run)"
+        by = f" by {self.embed_processes} process{'es' if self.embed_processes != 1 else ''}" if self.embedded_now else ""
+        return f"{counts or 'no photos'} ({self.aligned_now} aligned, {self.embedded_now} embedded in this run{by})"
 
 
 def embedding_cache_id(embedder_id: str, align_id: str) -> str:
@@ -143,28 +159,58 @@ def _worker_init(_: int) -> None:
             os._exit(1)
 
 
-def _collate(items: list) -> tuple[torch.Tensor, list]:
-    """Stack the crops of a batch into one uint8 tensor (pinnable); photos without a crop only carry their outcome."""
-    crops = [crop for _, crop, _, _ in items if crop is not None]
-    empty = torch.zeros((0, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8)
-    stacked = torch.from_numpy(np.stack(crops)) if crops else empty
-    return stacked, [(i, crop is not None, record, error) for i, crop, record, error in items]
+@dataclass(frozen=True)
+class _Collate:
+    """Stack the crops of a batch into one uint8 tensor (pinnable); photos without a crop only carry their outcome.
+
+    With an embedder (one that is single-threaded per call, `Embedder.per_process`), the worker that aligned the batch
+    embeds it too, so that every core embeds: the batch then travels as its embeddings, not its crops.
+    Returns (crops or None, metas, unit or None, norm or None, id of the embedding process or None).
+    """
+
+    embedder: Embedder | None = None
+
+    def __call__(self, items: list) -> tuple:
+        crops = [crop for _, crop, _, _ in items if crop is not None]
+        empty = torch.zeros((0, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8)
+        stacked = torch.from_numpy(np.stack(crops)) if crops else empty
+        metas = [(i, crop is not None, record, error) for i, crop, record, error in items]
+        if self.embedder is None:
+            return stacked, metas, None, None, None
+        return None, metas, *self.embedder.embed(stacked), os.getpid()
+
+
+_PER_PROCESS_BATCH = 16  # photos per batch when the workers embed (dlib: ~1 s of one core)
 
 
 def _local_batches(dataset: _AlignDataset, embedder: Embedder | None, batch_size: int, workers: int):
-    """The local engine: DataLoader workers align, this process embeds each batch."""
+    """The local engine: DataLoader workers align; a per-process embedder (dlib) embeds in each worker, any other
+    (intra-op threads, or a GPU) in this process. Yields `embeddings.photo.Batch`es.
+
+    The batches are the same whatever the number of workers (DataLoader hands out whole batches in order; a
+    per-process embedder gets batches of at most 16 photos, with or without workers), so the embeddings are
+    bit-identical to a single-process pass.
+    """
     cuda = embedder is not None and embedder.device.type == "cuda"
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=cuda,
-                        worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None)
-    for crops, metas in loader:
-        yield (metas, *embedder.embed(crops)) if embedder is not None else (metas, None, None)
+    per_process = embedder is not None and embedder.per_process
+    in_workers = per_process and workers > 0
+    if per_process:  # each batch is embedded by one worker: small ones keep the workers' shares even to the end
+        batch_size = min(batch_size, _PER_PROCESS_BATCH)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=_Collate(embedder if in_workers else None), pin_memory=cuda and not in_workers,
+                        worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None)
+    for crops, metas, unit, norm, pid in loader:
+        if embedder is not None and unit is None:
+            unit, norm = embedder.embed(crops)
+            pid = os.getpid()
+        yield metas, unit, norm, pid
 
 
 # -------------------------------------------------------------------------------------------------------------- driver
 
 
 def _status(record: np.void, fallback: bool) -> tuple[str, str]:
-    """(status, method) of a stored alignment outcome under the current center_crop_fallback setting."""
+    """(status, method) of a stored alignment outcome: a centre crop counts unless the pass says face_crops "no"."""
     method = METHOD_CODES[int(record["method"])]
     if method in ("detected", "pre-aligned") or (method == "center_crop" and fallback):
         return "ok", method
@@ -203,6 +249,8 @@ class _Pass:
     store: ShardStore | None = None  # the embedding cache, closed and re-indexed (embed_images reads from it)
     aligned_now: int = 0
     embedded_now: int = 0
+    embed_processes: set[int] | None = None  # ids of the processes that embedded in this run
+    face_points: np.ndarray | None = None  # where faces sit in these photos, when the centre-crop fallback ran
 
     def per_input(self, values: Sequence, default):
         """Spread a per-unique list over the inputs (duplicates share a value; unhashable files get `default`)."""
@@ -221,6 +269,63 @@ def _plan(records: np.ndarray, found: np.ndarray, done: np.ndarray, fallback: bo
         elif fallback and records[u]["problem"].startswith(b"no_face") and records[u]["method"] == 0:
             modes[u] = MODE_FALLBACK
     return modes
+
+
+class PassFailure(RuntimeError):
+    """Most photos of a pass failed alignment with the same exception: a bug in this code or a broken model file,
+    not a dataset without faces. Not a user error: the command shows its traceback. The finished work is kept."""
+
+
+_GUARD_MIN_PHOTOS = 32  # judged once this many photos (or all of a smaller pass) are done
+_GUARD_SHARE = 0.5  # one exception type on more than this share of them stops the pass
+
+
+class _FailureGuard:
+    """Counts the photos whose alignment raised, by exception type, and stops the pass when one type covers most of
+    the pass's photos done so far, those found done in the caches included (a photo that raises is otherwise recorded
+    as "no_face: alignment failed (...)"; a rerun retrying a few such photos of a large pass is not stopped)."""
+
+    def __init__(self, total: int, already_done: int = 0):
+        self.total = total
+        self.done = already_done
+        self.by_type: Counter = Counter()
+        self.example: dict[str, str] = {}
+
+    def add(self, status: str, path: Path) -> None:
+        kind = failure_type(status)
+        if kind is not None:
+            self.by_type[kind] += 1
+            self.example.setdefault(kind, f"{path}: {status}")
+
+    def check(self, photos: int) -> None:
+        """Count `photos` more done; raise PassFailure when one exception type covers most of them."""
+        self.done += photos
+        if not self.by_type or self.done < min(_GUARD_MIN_PHOTOS, self.total):
+            return
+        kind, n = self.by_type.most_common(1)[0]
+        if n > _GUARD_SHARE * self.done:
+            raise PassFailure(
+                f"{n} of the {self.done} photos aligned so far raised {kind} (first: {self.example[kind]}); this is a "
+                "bug or a broken model file, not photos without faces. The crops and embeddings made so far are kept."
+            )
+
+
+_FACE_SAMPLE = 256  # detected faces whose photo sizes are read to learn where faces sit
+
+
+def _face_points(records: np.ndarray, paths: Sequence[Path], face_crops: str) -> np.ndarray | None:
+    """`embeddings.align.face_crop_points` over up to 256 detected faces spread evenly over the pass (their photos'
+    sizes read from the file headers): the same photos give the same points, whatever the engine or worker count."""
+    detected = np.flatnonzero(records["method"] == METHOD_CODES.index("detected"))
+    sample = detected[np.unique(np.linspace(0, len(detected) - 1, min(len(detected), _FACE_SAMPLE)).astype(int))]
+    relative = []
+    for u in sample if len(detected) else ():
+        try:
+            width, height = image_size(paths[u])
+        except ImageError:
+            continue
+        relative.append(records["points"][u] / np.array([width, height], np.float32))
+    return face_crop_points(np.array(relative).reshape(-1, 5, 2), face_crops)
 
 
 def _ray_engine(engine: str):
@@ -242,26 +347,20 @@ def _run(
     *,
     cache_dir: Path,
     keys: Sequence[str] | None,
-    detector: str,
-    aligned: bool,
-    center_crop_fallback: bool,
-    batch_size: int,
-    workers: int,
-    progress: bool,
-    checkpoint_seconds: float,
-    engine: str = "local",
-    ray_address: str | None = None,
+    options: EmbedOptions,
 ) -> _Pass:
     """Shared by embed_images and align_images: the same tasks, workers, caches and statuses.
 
     With an embedder, every crop that has no embedding yet is embedded; without, only missing crops are made.
     The engine only decides where the work runs (`_local_batches` or `embeddings.ray_engine`); planning, caches and
     statuses are this function's, so the two engines' results and caches are interchangeable.
+    Raises PassFailure when most photos fail alignment with the same exception (see `_FailureGuard`).
     """
-    ray_engine = _ray_engine(engine)
+    ray_engine = _ray_engine(options.engine)
+    detector, aligned, progress = options.detector, options.aligned, options.progress
     paths = [Path(p) for p in paths]
     cache_dir = Path(cache_dir)
-    fallback = center_crop_fallback and not aligned
+    fallback = options.face_crops != "no" and not aligned
     aid = make_align_id(detector, aligned)
     all_keys, errors = _keys_for(paths, keys, progress)
     first: dict[str, int] = {}
@@ -273,43 +372,44 @@ def _run(
     index = {k: u for u, k in enumerate(ukeys)}
     rows = [index[k] if errors[i] is None else None for i, k in enumerate(all_keys)]
 
-    astore = alignment_store(cache_dir, aid, flush_seconds=checkpoint_seconds)
+    flush = dict(flush_seconds=options.checkpoint_seconds, flush_rows=options.checkpoint_rows)
+    astore = alignment_store(cache_dir, aid, **flush)
     estore = None
     if embedder is not None:
-        estore = embedding_store(cache_dir, embedding_cache_id(embedder.id, aid), embedder.dim,
-                                 flush_seconds=checkpoint_seconds)
+        estore = embedding_store(cache_dir, embedding_cache_id(embedder.id, aid), embedder.dim, **flush)
     found, records = astore.lookup(ukeys)
     if estore is not None:
         done = estore.contains(ukeys)
     else:
         done = np.array([crop_path(cache_dir, aid, k).exists() for k in ukeys], bool)
     modes = _plan(records, found, done, fallback)
-    todo = np.flatnonzero(modes != 255)
     if not aligned and np.isin(modes, (MODE_ALIGN, MODE_FROM_CACHE)).any():
         get_detector(detector)  # fail now on a bad model file; forked workers inherit it when that is safe
 
-    aligner = PhotoAligner(detector, aligned, fallback, cache_dir, aid)
-    task_paths, task_keys = [upaths[u] for u in todo], [ukeys[u] for u in todo]
-    if ray_engine is not None:
-        batches = ray_engine.ray_batches(task_paths, task_keys, modes[todo], aligner, embedder, batch_size=batch_size,
-                                         address=ray_address)
-    else:
-        batches = _local_batches(_AlignDataset(task_paths, task_keys, modes[todo], aligner), embedder, batch_size,
-                                 workers)
     errors_now: dict[int, str] = {}
-    out = _Pass(all_keys, rows, errors, ukeys, [], [], aid, estore)
-    tally: Counter = Counter()
-    what = "aligning + embedding" if estore is not None else "aligning"
-    try:
+    out = _Pass(all_keys, rows, errors, ukeys, [], [], aid, estore, embed_processes=set())
+
+    def run_round(todo: np.ndarray, aligner: PhotoAligner, what: str) -> None:
+        """Hand the tasks `todo` (unique indices) to the engine; store what comes back as it comes."""
+        task_paths, task_keys = [upaths[u] for u in todo], [ukeys[u] for u in todo]
+        if ray_engine is not None:
+            batches = ray_engine.ray_batches(task_paths, task_keys, modes[todo], aligner, embedder,
+                                             batch_size=options.batch_size, address=options.ray_address)
+        else:
+            batches = _local_batches(_AlignDataset(task_paths, task_keys, modes[todo], aligner), embedder,
+                                     options.batch_size, options.worker_count())
+        tally: Counter = Counter()
+        guard = _FailureGuard(len(ukeys), len(ukeys) - len(todo))
         bar = tqdm(total=len(todo), desc=what, unit="img", disable=not progress or not len(todo), smoothing=0.05)
         with bar, contextlib.closing(batches):  # closing: stops the engine's workers at once if this loop fails
-            for metas, unit, norm in batches if len(todo) else ():
+            for metas, unit, norm, pid in batches if len(todo) else ():
                 new, emb_keys = [], []
                 for t, has_crop, record, error in metas:
                     u = todo[t]
                     if error is not None:
                         errors_now[u] = error
                         tally[error.split(":", 1)[0]] += 1
+                        guard.add(error, upaths[u])
                         continue
                     if record is not None:
                         problem = records["problem"][u]
@@ -329,8 +429,25 @@ def _run(
                     rec["emb"], rec["norm"] = unit, norm
                     estore.add(rec)
                     out.embedded_now += len(emb_keys)
+                    out.embed_processes.add(pid)
                 bar.update(len(metas))
                 bar.set_postfix(dict(tally), refresh=False)
+                guard.check(len(metas))
+
+    aligner = PhotoAligner(detector, aligned, cache_dir, aid)
+    try:
+        run_round(np.flatnonzero((modes != 255) & (modes != MODE_FALLBACK)),
+                  aligner, "aligning + embedding" if estore is not None else "aligning")
+        if fallback:  # photos where no detector found a face, known from a past run or found just now
+            missing = (records["method"] == 0) & np.char.startswith(records["problem"], b"no_face")
+            missing[list(errors_now)] = False
+            modes[missing & ~done] = MODE_FALLBACK
+            todo = np.flatnonzero(missing & ~done)
+            points = _face_points(records, upaths, options.face_crops) if len(todo) else None
+            if points is not None:
+                out.face_points = points
+                run_round(todo, replace(aligner, face_points=tuple(map(tuple, points.tolist()))),
+                          "centre-crop fallback")
     finally:  # also on Ctrl-C or an embedder error: what was computed is kept for the next run
         astore.close()
         if estore is not None:
@@ -348,38 +465,27 @@ def embed_images(
     *,
     cache_dir: Path,
     keys: Sequence[str] | None = None,
-    detector: str = "dlib",
-    aligned: bool = False,
-    center_crop_fallback: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
-    progress: bool = True,
-    checkpoint_seconds: float = 30.0,
-    engine: str = "local",
-    ray_address: str | None = None,
+    options: EmbedOptions | None = None,
 ) -> EmbedResult:
     """Align and embed photos, reusing and extending the caches under `cache_dir`.
 
     Inputs: photo paths; an embedder from `embeddings.embedders.make_embedder`; `cache_dir` (WORK/cache); optional
-    content keys (e.g. the sha256 the label store recorded at ingest; hashed here otherwise); detector spec ("dlib" |
-    "scrfd:<file.onnx>"); aligned=True for photos that already are 112x112 template crops (only the size is checked);
-    center_crop_fallback to embed the centre of photos without a detected face (method "center_crop"); batch size and
-    DataLoader worker processes (0 = decode in the main process); checkpoint_seconds: results are written to disk at
-    least this often, so a killed run loses at most about this much work.
-    engine: "local" (DataLoader workers align, this process embeds) or "ray" (actor pools on a Ray cluster align and
-    embed, see `embeddings.ray_engine`; `ray_address` as for `ray.init`, e.g. "auto" or "ray://head:10001", None =
-    $RAY_ADDRESS or a Ray started on this machine). Both write the same caches: either finds the other's work done.
+    content keys (e.g. the sha256 the label store recorded at ingest; hashed here otherwise); `EmbedOptions` (detector,
+    pre-aligned photos, centre-crop fallback, batch size, workers, checkpoint interval, engine; default
+    `EmbedOptions()`). engine "local": DataLoader workers align, this process embeds; "ray": actor pools on a Ray
+    cluster align and embed (see `embeddings.ray_engine`; `ray_address` as for `ray.init`, e.g. "auto" or
+    "ray://head:10001", None = $RAY_ADDRESS or a Ray started on this machine). Both write the same caches: either finds
+    the other's work done.
     Output: `EmbedResult` (one row per path, in order). Photos already embedded under the same embedder and alignment
-    are not decoded again; a photo that fails gets a status and a NaN row, never an exception.
+    are not decoded again; a photo that fails gets a status and a NaN row, never an exception. Raises PassFailure when
+    most photos fail alignment with the same exception (a bug or a broken model, not a dataset without faces).
 
     Example:
         >>> r = embed_images(paths, make_embedder("onnx:mobilefacenet.onnx"), cache_dir=Path("WORK/cache"))
         >>> ok = np.array(r.status) == "ok"
         >>> sims = r.embeddings[ok] @ r.embeddings[ok].T
     """
-    run = _run(paths, embedder, cache_dir=cache_dir, keys=keys, detector=detector, aligned=aligned,
-               center_crop_fallback=center_crop_fallback, batch_size=batch_size, workers=workers, progress=progress,
-               checkpoint_seconds=checkpoint_seconds, engine=engine, ray_address=ray_address)
+    run = _run(paths, embedder, cache_dir=cache_dir, keys=keys, options=options or EmbedOptions())
     cache_id = embedding_cache_id(embedder.id, run.align_id)
     ok = [u for u, s in enumerate(run.status) if s == "ok"]
     found, stored = run.store.lookup([run.ukeys[u] for u in ok])
@@ -398,7 +504,7 @@ def embed_images(
     emb[valid], norms[valid] = uemb[rows[valid]], unorm[rows[valid]]
     status = [e if e is not None else s for e, s in zip(run.errors, run.per_input(run.status, None))]
     return EmbedResult(run.keys, emb, norms, status, run.per_input(run.method, ""), run.align_id, cache_id,
-                       run.aligned_now, run.embedded_now)
+                       run.aligned_now, run.embedded_now, len(run.embed_processes))
 
 
 def align_images(
@@ -406,26 +512,18 @@ def align_images(
     *,
     cache_dir: Path,
     keys: Sequence[str] | None = None,
-    detector: str = "dlib",
-    aligned: bool = False,
-    center_crop_fallback: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
-    progress: bool = True,
-    checkpoint_seconds: float = 30.0,
+    options: EmbedOptions | None = None,
 ) -> list[tuple[Path | None, str]]:
     """Make (or find) the aligned crops of photos, exactly as the embedding pass does: same detector, caches, statuses.
 
-    For training and for the app: inputs as `embed_images` (no embedder). Output: per path, in order,
-    (crop path, "ok") or (None, "<kind>: <reason>"). Read the crops with `CropDataset`.
+    For training and for the app: inputs as `embed_images` (no embedder; always the local engine). Output: per path,
+    in order, (crop path, "ok") or (None, "<kind>: <reason>"). Read the crops with `CropDataset`.
 
     Example:
         >>> crops = align_images(paths, cache_dir=Path("WORK/cache"))
         >>> dataset = CropDataset([p for p, status in crops if status == "ok"])
     """
-    run = _run(paths, None, cache_dir=cache_dir, keys=keys, detector=detector, aligned=aligned,
-               center_crop_fallback=center_crop_fallback, batch_size=batch_size, workers=workers, progress=progress,
-               checkpoint_seconds=checkpoint_seconds)
+    run = _run(paths, None, cache_dir=cache_dir, keys=keys, options=replace(options or EmbedOptions(), engine="local"))
     out = []
     for key, error, status in zip(run.keys, run.errors, run.per_input(run.status, None)):
         status = error or status

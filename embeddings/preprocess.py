@@ -11,10 +11,13 @@ Example:
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from labels.cli import UserError
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,12 @@ CONVENTIONS: dict[str, Convention] = {
 # Key under which `curation.export_onnx` records the convention in an ONNX model's metadata, so that the `onnx:`
 # embedder feeds an exported model correctly without the user having to say how.
 ONNX_CONVENTION_KEY = "input_convention"
+# What an ONNX file without that key is taken to expect: the insightface family's (ArcFace, MobileFaceNet) convention.
+ONNX_DEFAULT_CONVENTION = "arcface_rgb"
+
+
+class ConventionError(UserError):
+    """An input convention that is not one of CONVENTIONS (named in a file's metadata or on the command line)."""
 
 
 def to_input(crops: np.ndarray | torch.Tensor, convention: str = "adaface") -> torch.Tensor:
@@ -50,3 +59,43 @@ def to_input(crops: np.ndarray | torch.Tensor, convention: str = "adaface") -> t
         x = x.flip(-1)
     x = x.permute(0, 3, 1, 2).float()
     return ((x - conv.mean) / conv.std).contiguous()
+
+
+def onnx_convention(metadata: Mapping[str, str], where: str, override: str | None = None) -> str:
+    """The input convention of an ONNX embedder: `override` when given, else its metadata's ONNX_CONVENTION_KEY, else
+    ONNX_DEFAULT_CONVENTION. The one reading of it, shared by the `onnx:` embedder and fine-tuning from an ONNX file.
+
+    Inputs: the model's metadata_props as a mapping, the file (for the message), an explicit convention or None.
+    Raises ConventionError naming the file (or the option) when the convention is not a known one.
+
+    Example:
+        >>> onnx_convention({}, "mobilefacenet.onnx")
+        'arcface_rgb'
+    """
+    if override is not None:
+        value, source = override, f"input convention {override!r}"
+    else:
+        value = metadata.get(ONNX_CONVENTION_KEY, ONNX_DEFAULT_CONVENTION)
+        source = f"{where}: metadata {ONNX_CONVENTION_KEY}={value!r}"
+    if value not in CONVENTIONS:
+        raise ConventionError(f"{source} is not a known input convention ({', '.join(CONVENTIONS)})")
+    return value
+
+
+def convert(x: torch.Tensor, src: str, dst: str) -> torch.Tensor:
+    """A model input [N, 3, H, W] in convention `src` -> the same pixels in convention `dst` (channel order, scale).
+
+    Why: the training loop feeds every model `to_input(crops, "adaface")`; a fine-tuned ONNX embedder that expects
+    another convention converts at the start of its forward, so the loop stays one code path and the exported model
+    keeps the convention of the file it came from.
+
+    Example:
+        >>> torch.allclose(convert(to_input(crops, "adaface"), "adaface", "arcface_rgb"), to_input(crops, "arcface_rgb"))
+        True
+    """
+    if src == dst:
+        return x
+    s, d = CONVENTIONS[src], CONVENTIONS[dst]
+    if s.bgr != d.bgr:
+        x = x.flip(1)
+    return (x * s.std + (s.mean - d.mean)) / d.std

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -88,7 +89,7 @@ class _EmbedActor:
         unit = np.full((len(has), self.embedder.dim), np.nan, np.float32)
         norm = np.full(len(has), np.nan, np.float32)
         unit[has], norm[has] = self.embedder.embed(crops[has])
-        return {**batch, "unit": unit, "norm": norm}
+        return {**batch, "unit": unit, "norm": norm, "pid": np.full(len(has), os.getpid(), np.int64)}
 
 
 def _to_batch(columns: dict[str, np.ndarray]) -> Batch:
@@ -99,7 +100,8 @@ def _to_batch(columns: dict[str, np.ndarray]) -> Batch:
         (int(t), bool(h), records[j] if new else None, str(e) or None)
         for j, (t, h, new, e) in enumerate(zip(columns["task"], has, columns["new"], columns["error"]))
     ]
-    return metas, columns["unit"][has], columns["norm"][has]
+    pid = int(columns["pid"][0]) if len(columns["pid"]) else None
+    return metas, columns["unit"][has], columns["norm"][has], pid
 
 
 def _task_blocks(paths: Sequence[Path], keys: Sequence[str], modes: np.ndarray, rows: int) -> list[pa.Table]:
@@ -155,7 +157,7 @@ def ray_batches(
     The driver writes the caches as batches arrive, so a pass interrupted on the cluster resumes like a local one.
 
     Example:
-        >>> for metas, unit, norm in ray_batches(paths, keys, modes, aligner, embedder, batch_size=64):
+        >>> for metas, unit, norm, pid in ray_batches(paths, keys, modes, aligner, embedder, batch_size=64):
         ...     print(len(metas), unit.shape)
     """
     if not embedder.spec:

@@ -11,6 +11,7 @@ FLAG_KINDS: tuple[str, ...] = (
     "duplicate",  # the same photo (or a near copy) stored more than once
     "fake_mismatch",  # a deepfake that does not look like the identity it impersonates
     "no_face",  # no face was found in the photo
+    "weak_alignment",  # no face was found, the photo was embedded from where faces sit in the others (a face crop)
     "unreadable",  # the file is not a readable image
 )
 

@@ -5,19 +5,12 @@ import streamlit as st
 
 from curation import review as rv
 from review_pages import common
-from review_pages.runs import pick_runs
+from review_pages.runs import runs_page
 
 
 def render(sess: common.Session) -> None:
-    st.header("Evaluation")
-    runs = pick_runs(sess, marker=rv.METRICS_FILE, subdir="eval", key="eval", multiple=True)
+    runs = runs_page(sess, "Evaluation", marker=rv.METRICS_FILE, subdir="eval", key="eval", multiple=True)
     if not runs:
-        st.info(
-            f"No evaluation under {common.lit(sess.work.root / 'eval')} yet. Score a model on verification pairs with\n\n"
-            + common.code(f"python -m curation.evaluate --model MODEL --pairs PAIRS.csv --root IMAGES --out "
-                          f"{sess.work.root / 'eval' / 'NAME'}")
-            + "\n\nor a submission with `--scores SUBMISSION.csv --truth TRUTH.csv --out ...`, and it appears here."
-        )
         return
     table, metrics = rv.evaluation_table(runs)
     st.dataframe(table, key="eval_table")

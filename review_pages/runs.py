@@ -11,6 +11,36 @@ from curation import review as rv
 from review_pages import common
 
 
+# Per kind of run (its folder under WORK): what is missing, the command that makes one ({work}: WORK, {folder}:
+# WORK/<subdir>) and what the page shows once there is one.
+_HINTS = {
+    "eval": (
+        "evaluation",
+        "python -m curation.evaluate --model MODEL --pairs PAIRS.csv --root IMAGES --out {folder}/NAME",
+        "Score a model on verification pairs like this, or a submission with `--scores SUBMISSION.csv --truth "
+        "TRUTH.csv --out ...`, and it appears here.",
+    ),
+    "runs": (
+        "training run",
+        "python -m curation.train_on_clean {work} --init CHECKPOINT --out {folder}/NAME",
+        "Fine-tune on the reviewed labels like this, and its loss and EER curves appear here (refresh while it runs).",
+    ),
+}
+
+
+def runs_page(sess: common.Session, title: str, *, marker: str, subdir: str, key: str, multiple: bool) -> list[Path]:
+    """The top of the Training and Evaluation pages: the header, then the chosen runs; when there are none, a hint
+    that says how to make one. Returns the chosen runs ([] when none)."""
+    st.header(title)
+    runs = pick_runs(sess, marker=marker, subdir=subdir, key=key, multiple=multiple)
+    if not runs:
+        missing, command, then = _HINTS[subdir]
+        folder = sess.work.root / subdir
+        st.info(f"No {missing} under {common.lit(folder)} yet.\n\n"
+                + common.code(command.format(work=sess.work.root, folder=folder)) + f"\n\n{then}")
+    return runs
+
+
 def pick_runs(sess: common.Session, *, marker: str, subdir: str, key: str, multiple: bool) -> list[Path]:
     """Runs found under WORK/<subdir> plus a folder typed in a text box; returns the chosen ones."""
     found = rv.find_runs(sess.work, marker, subdir)

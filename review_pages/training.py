@@ -5,19 +5,12 @@ import streamlit as st
 
 from curation import review as rv
 from review_pages import common
-from review_pages.runs import pick_runs
+from review_pages.runs import runs_page
 
 
 def render(sess: common.Session) -> None:
-    st.header("Training")
-    runs = pick_runs(sess, marker=rv.HISTORY_FILE, subdir="runs", key="train", multiple=False)
+    runs = runs_page(sess, "Training", marker=rv.HISTORY_FILE, subdir="runs", key="train", multiple=False)
     if not runs:
-        st.info(
-            f"No training run under {common.lit(sess.work.root / 'runs')} yet. Fine-tune on the reviewed labels with\n\n"
-            + common.code(f"python -m curation.train_on_clean {sess.work.root} --init CHECKPOINT --out "
-                          f"{sess.work.root / 'runs' / 'NAME'}")
-            + "\n\nand its loss and EER curves appear here (refresh while it runs)."
-        )
         return
     history = rv.read_history(runs[0])
     if history.empty:

@@ -55,16 +55,21 @@ def copy_identities(src: Path, dst: Path, names: list[str], per_identity: int | 
     return dst
 
 
+def ingested_glint(glint_dir: Path, tmp_path_factory, identities: int, per_identity: int) -> tuple[Path, Path]:
+    """(dataset folder, work folder): the first `identities` glint24 identities x `per_identity` photos, ingested."""
+    from labels.ingest import ingest
+
+    names = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())[:identities]
+    data = copy_identities(glint_dir, tmp_path_factory.mktemp(f"glint{identities}"), names, per_identity=per_identity)
+    work = tmp_path_factory.mktemp("work")
+    ingest(data, work, progress=False)
+    return data, work
+
+
 @pytest.fixture(scope="module")
 def glint_work(glint_dir, tmp_path_factory):
     """A work folder with 6 glint24 identities x 4 aligned photos, ingested once per test module (the training tests)."""
-    from labels.ingest import ingest
-
-    names = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())[:6]
-    data = copy_identities(glint_dir, tmp_path_factory.mktemp("glint6"), names, per_identity=4)
-    work = tmp_path_factory.mktemp("work")
-    ingest(data, work, progress=False)
-    return work
+    return ingested_glint(glint_dir, tmp_path_factory, 6, 4)[1]
 
 
 def rendered(markdown: str) -> str:

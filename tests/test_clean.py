@@ -217,3 +217,29 @@ def test_faiss_index_and_chunk_options_reach_the_flagging_and_keep_the_flags(tmp
     capsys.readouterr()
     assert clean.main([*base, "--workdir", str(tmp_path / "c"), "--chunk-rows", "0"]) == 2
     assert "--chunk-rows must be at least 1" in capsys.readouterr().err
+
+
+def test_a_face_crop_photo_without_a_face_is_embedded_and_flagged_weak_alignment(lfw_dir, tmp_path, capsys):
+    """LFW photos are face crops: a photo where dlib finds no face (here: the face covered by a grey square) is
+    embedded from where the other photos' faces sit, stays in the graphs and is flagged weak_alignment, not no_face."""
+    data = tmp_path / "data"
+    for name in sorted(list_identities(lfw_dir, 8))[:4]:
+        (data / name).mkdir(parents=True)
+        for p in sorted((lfw_dir / name).iterdir())[:8]:
+            (data / name / p.name).write_bytes(p.read_bytes())
+    victim = sorted((data / name).iterdir())[0]
+    pixels = np.array(Image.open(victim))
+    pixels[30:120, 30:120] = 128
+    Image.fromarray(pixels).save(victim)
+    work = tmp_path / "work"
+    assert clean.main([str(data), "--workdir", str(work), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 face-crop photo(s) where no face was found" in out
+    with LabelStore.open(work) as store:
+        flags = store.flags(status="open")
+    weak = flags[flags.kind == "weak_alignment"]
+    assert weak.image.tolist() == [f"{name}/{victim.name}"] and not (flags.kind == "no_face").any()
+    nodes = pd.read_parquet(work / "clean" / "nodes.parquet").set_index("path")
+    assert nodes.loc[f"{name}/{victim.name}", "emb_row"] >= 0  # embedded, in the graph
+    report = json.loads((work / "report.json").read_text())
+    assert report["weak_alignment"] == 1 and report["embedding_processes"] >= 1

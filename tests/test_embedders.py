@@ -18,6 +18,7 @@ from embeddings import build_backbone, load_backbone, save_backbone
 from embeddings.checkpoints import CheckpointError
 from embeddings.detectors import choose_central, make_detector
 from embeddings.embedders import DLIB_CHIP_POINTS, EmbedderError, make_embedder
+from embeddings.options import EmbedOptions
 from embeddings.pipeline import embed_images
 from embeddings.preprocess import ONNX_CONVENTION_KEY
 from labels.imagefile import read_rgb
@@ -65,7 +66,7 @@ def test_dlib_embedder_separates_lfw_people(lfw_dir, tmp_path):
             paths.append(path)
             labels.append(i)
     embedder = make_embedder("dlib")
-    result = embed_images(paths, embedder, cache_dir=tmp_path, workers=1, progress=False)
+    result = embed_images(paths, embedder, cache_dir=tmp_path, options=EmbedOptions(workers=1, progress=False))
     ok = [i for i, s in enumerate(result.status) if s == "ok"]
     assert len(ok) >= 0.97 * len(paths)
     assert result.embeddings.shape == (len(paths), 128)

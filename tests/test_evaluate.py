@@ -169,7 +169,8 @@ def test_cli_process_exit_code_and_no_traceback(files, tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "curation.evaluate", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=120).stdout
     assert "examples:" in help_text and "--compare" in help_text and "--scores" in help_text
-    assert "--pairs" in help_text and "excluded_pairs.csv" in help_text and "--model" in help_text
+    assert "--pairs" in help_text and "fallback_pairs.csv" in help_text and "--model" in help_text
+    assert "--exclude-fallback" in help_text
 
 
 def test_compare_prints_one_table_of_evaluations_and_training_runs(files, tmp_path, capsys):
@@ -232,11 +233,25 @@ def labelled_pairs(glint_dir, tmp_path) -> tuple[Path, pd.DataFrame, Path]:
     return root, pairs, csv
 
 
-def test_pairs_mode_scores_a_model_and_excludes_pairs_it_cannot_embed(labelled_pairs, models_dir, tmp_path, capsys):
+def test_pairs_mode_scores_every_pair_and_excludes_only_when_asked(labelled_pairs, models_dir, tmp_path, capsys):
     root, pairs, csv = labelled_pairs
     model = f"onnx:{models_dir / 'mobilefacenet.onnx'}"
-    code, out, err = run(["--pairs", csv, "--root", root, "--model", model, "--aligned", "--device", "cpu",
-                          "--workers", "0", "--out", tmp_path / "ev", "--no-progress"], capsys)
+    base = ["--pairs", csv, "--root", root, "--model", model, "--aligned", "--device", "cpu", "--workers", "0",
+            "--no-progress"]
+    bad = pairs[pairs["kind"].isin([BROKEN, MISSING])]
+    code, out, err = run([*base, "--out", tmp_path / "all"], capsys)
+    assert code == 0, err
+    every = pd.read_csv(tmp_path / "all" / "scores.csv")
+    assert every[["img1", "img2"]].values.tolist() == pairs[["img1", "img2"]].values.tolist()  # all 18, in order
+    assert (every.loc[bad.index, "similarity"] == -1.0).all()  # not embedded: scored -1, rejected
+    m = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert (m["n_pos"], m["n_neg"]) == (9, 9) and m["source"]["n_excluded"] == 0
+    assert (m["source"]["n_fallback"], m["source"]["n_unscored"], m["source"]["n_weak_alignment"]) == (2, 2, 0)
+    listed = pd.read_csv(tmp_path / "all" / "fallback_pairs.csv")
+    assert sorted(listed["image"]) == sorted(bad["img2"]) and listed["status"].str.startswith("unreadable").all()
+    assert "2 of 18 pair(s) used a fallback" in out and "scored (not embedded: -1, rejected)" in out
+
+    code, out, err = run([*base, "--out", tmp_path / "ev", "--exclude-fallback"], capsys)
     assert code == 0, err
     good = pairs[~pairs["kind"].isin([BROKEN, MISSING])].reset_index(drop=True)
     written = pd.read_csv(tmp_path / "ev" / "scores.csv")
@@ -250,12 +265,11 @@ def test_pairs_mode_scores_a_model_and_excludes_pairs_it_cannot_embed(labelled_p
     assert (m["eer"], m["eer_threshold"], m["eer_roc"]) == (expected.eer, expected.eer_threshold, expected.eer_roc)
     assert (m["n_pos"], m["n_neg"]) == (8, 8) and set(m["per_type"]) == {"same", "different"}
     assert m["source"]["mode"] == "pairs" and m["source"]["n_pairs"] == 18 and m["source"]["n_excluded"] == 2
-    assert "excluded" in m["source"]["excluded_policy"]
-    excluded = pd.read_csv(tmp_path / "ev" / "excluded_pairs.csv")
-    bad = pairs[pairs["kind"].isin([BROKEN, MISSING])]
+    assert "excluded" in m["source"]["fallback_policy"]
+    excluded = pd.read_csv(tmp_path / "ev" / "fallback_pairs.csv")
     assert excluded.columns.tolist() == ["img1", "img2", "label", "type", "image", "status"]
     assert sorted(excluded["image"]) == sorted(bad["img2"]) and excluded["status"].str.startswith("unreadable").all()
-    assert "2 of 18 pair(s)" in out and "excluded from the metrics" in out and "EER" in out
+    assert "2 of 18 pair(s) used a fallback" in out and "excluded from the metrics" in out and "EER" in out
     assert (tmp_path / "ev" / "cache").is_dir()  # the default cache: inside --out
 
 

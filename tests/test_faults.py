@@ -28,16 +28,16 @@ from streamlit.testing.v1 import AppTest
 
 from curation import clean
 from curation.workfolder import WorkFolder, read_flags
+from embeddings.options import EmbedOptions
 from labels.export import export
 from labels.export import main as export_main
 from labels.ingest import ingest
 from labels.store import FoundImage, LabelStore, NewFlag, StoreError
 from tests.conftest import REPO, copy_identities, rendered
 
-# What a SIGKILL during the embedding pass may cost: records still buffered are recomputed by the next run. Today the
-# pass flushes every 4096 photos or 30 s (embeddings.cache.ShardStore: flush_rows, flush_seconds); tighten this to 256
-# once the embedding pass flushes every ~5 s / 256 photos.
-FLUSH_WINDOW_ROWS = 4096
+# What a SIGKILL during the embedding pass may cost: records still buffered are recomputed by the next run. The pass
+# flushes every 256 photos or 5 s (EmbedOptions.checkpoint_rows / checkpoint_seconds).
+FLUSH_WINDOW_ROWS = EmbedOptions().checkpoint_rows
 
 PEOPLE = ["Alejandro_Toledo", "Ariel_Sharon", "Colin_Powell"]  # LFW identities with 10+ photos
 
@@ -77,7 +77,7 @@ def _integrity(work: Path) -> str:
 
 
 def _embedded_now(text: str) -> int:
-    found = re.findall(r"\((\d+) aligned, (\d+) embedded in this run\)", text)
+    found = re.findall(r"\((\d+) aligned, (\d+) embedded in this run(?: by \d+ process(?:es)?)?\)", text)
     assert len(found) == 1, text
     return int(found[0][1])
 
@@ -125,8 +125,9 @@ def test_clean_killed_at_every_stage_reruns_to_the_same_outputs(noisy_set, tmp_p
     killed("labels.store:LabelStore.add_images@1:inside")
     with LabelStore.open(work) as store:
         assert len(store.images(present_only=False)) == 0
-    # 2. at the third batch the embedder is given: two batches embedded, maybe not yet written to the cache
-    killed("embeddings.embedders:Embedder.embed@3:before")
+    # 2. as the third batch reaches the main process (its alignment records are about to be stored; dlib embedded it in
+    # the worker): two batches embedded, maybe not yet written to the cache
+    killed("embeddings.cache:ShardStore.add@5:before")
     done = 2 * 4  # at most two batches of --batch-size 4
     assert done - _embeddings_on_disk(work) <= FLUSH_WINDOW_ROWS  # finished work lost (redone): the flush window
     # 3. from outside, as soon as this run's embedding pass has aligned a few photos again

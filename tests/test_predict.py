@@ -19,6 +19,7 @@ from PIL import Image
 from curation import predict
 from curation.scoring.predict import FALLBACK_SCORE, predict_pairs
 from embeddings.embedders import make_embedder
+from embeddings.options import EmbedOptions
 
 IDENTITIES = ("Tom Hanks", "Will Smith", "Jennifer Aniston", "Keanu Reeves")
 BROKEN = "truncated"  # kinds of pairs whose 1.jpg cannot be embedded
@@ -78,8 +79,8 @@ def test_set(glint_dir, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 
 def test_predict_pairs_scores_every_pair_in_order_with_fallbacks(test_set, embedder, tmp_path):
     test_dir, pairs = test_set
-    pred = predict_pairs(test_dir, embedder, cache_dir=tmp_path / "cache", aligned=True, workers=0,
-                                 fallback_score=-3.5, progress=False)
+    pred = predict_pairs(test_dir, embedder, cache_dir=tmp_path / "cache", fallback_score=-3.5,
+                         options=EmbedOptions(aligned=True, workers=0, progress=False))
     expected_ids = sorted(pairs["pair_id"], key=int)
     assert pred.scores.columns.tolist() == ["pair_id", "similarity"]
     assert pred.scores["pair_id"].tolist() == expected_ids and len(expected_ids[0]) == 8  # zeros kept, id order
@@ -191,7 +192,8 @@ def test_no_face_found_gets_the_fallback_with_dlib_detection(lfw_dir, embedder, 
         folder.mkdir(parents=True)
         Image.open(first).save(folder / "0.jpg")
         (Image.open(second) if second else Image.new("RGB", (150, 150), (128, 128, 128))).save(folder / "1.jpg")
-    pred = predict_pairs(tmp_path / "test", embedder, cache_dir=tmp_path / "cache", workers=0, progress=False)
+    pred = predict_pairs(tmp_path / "test", embedder, cache_dir=tmp_path / "cache",
+                         options=EmbedOptions(workers=0, progress=False))
     assert pred.scores["pair_id"].tolist() == ["00000001", "00000002", "00000003"]
     same, different, blank = pred.scores["similarity"]
     assert blank == FALLBACK_SCORE and same > different + 0.3

@@ -18,6 +18,7 @@ from curation import clean
 from curation.flagging.noise import list_identities
 from embeddings.cache import crop_path, read_crop
 from embeddings.embedders import make_embedder
+from embeddings.options import EmbedOptions
 from embeddings.pipeline import align_images, embed_images
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -r requirements-ray.txt)")
@@ -51,13 +52,16 @@ def photos(lfw_dir, tmp_path):
 
 def test_ray_pass_equals_local_pass_and_shares_its_caches(ray_session, onnx_spec, photos, tmp_path):
     embedder = make_embedder(onnx_spec, device="cpu")
-    local = embed_images(photos, embedder, cache_dir=tmp_path / "local", workers=0, progress=False)
+    local = embed_images(photos, embedder, cache_dir=tmp_path / "local",
+                         options=EmbedOptions(workers=0, progress=False))
     assert local.counts() == {"ok": 8, "unreadable": 1, "no_face": 1}
 
     cache = tmp_path / "ray"
-    align_images(photos[:3], cache_dir=cache, workers=0, progress=False)  # crops only: Ray reads them back
-    embed_images(photos[3:5], embedder, cache_dir=cache, workers=0, progress=False)  # done: Ray skips them
-    on_ray = embed_images(photos, embedder, cache_dir=cache, batch_size=4, engine="ray", progress=False)
+    local_options = EmbedOptions(workers=0, progress=False)
+    align_images(photos[:3], cache_dir=cache, options=local_options)  # crops only: Ray reads them back
+    embed_images(photos[3:5], embedder, cache_dir=cache, options=local_options)  # done: Ray skips them
+    on_ray = embed_images(photos, embedder, cache_dir=cache,
+                          options=EmbedOptions(batch_size=4, engine="ray", progress=False))
     assert on_ray.status == local.status and on_ray.method == local.method and on_ray.keys == local.keys
     assert (on_ray.aligned_now, on_ray.embedded_now) == (4, 6)  # photos 5-7 + the blank one; 0-2 and 5-7
     ok = np.array(local.status) == "ok"
@@ -68,7 +72,7 @@ def test_ray_pass_equals_local_pass_and_shares_its_caches(ray_session, onnx_spec
         np.testing.assert_array_equal(read_crop(crop_path(cache, on_ray.align_id, key)),
                                       read_crop(crop_path(tmp_path / "local", local.align_id, key)))
 
-    again = embed_images(photos, embedder, cache_dir=cache, workers=0, progress=False)
+    again = embed_images(photos, embedder, cache_dir=cache, options=EmbedOptions(workers=0, progress=False))
     assert (again.aligned_now, again.embedded_now) == (0, 0)
     assert again.status == local.status
     np.testing.assert_array_equal(again.embeddings[ok], on_ray.embeddings[ok])
@@ -82,7 +86,7 @@ def test_clean_cli_with_ray_engine_then_local_resumes(ray_session, onnx_spec, lf
             (data / name / p.name).write_bytes(p.read_bytes())
     argv = [str(data), "--workdir", str(tmp_path / "w"), "--model", onnx_spec, "--device", "cpu", "--no-progress"]
     assert clean.main([*argv, "--engine", "ray"]) == 0
-    assert "12 ok (12 aligned, 12 embedded in this run)" in capsys.readouterr().out
+    assert "12 ok (12 aligned, 12 embedded in this run by " in capsys.readouterr().out
     flags = pd.read_csv(tmp_path / "w" / "flags.csv", keep_default_na=False)
     assert clean.main([*argv, "--engine", "local"]) == 0
     assert "12 ok (0 aligned, 0 embedded in this run)" in capsys.readouterr().out
@@ -92,7 +96,7 @@ def test_clean_cli_with_ray_engine_then_local_resumes(ray_session, onnx_spec, lf
 def test_bad_engine_settings_are_clear_errors(onnx_spec, photos, tmp_path):
     embedder = make_embedder(onnx_spec, device="cpu")
     with pytest.raises(ValueError, match="unknown engine 'spark': use one of local, ray"):
-        embed_images(photos[:1], embedder, cache_dir=tmp_path, engine="spark", progress=False)
+        embed_images(photos[:1], embedder, cache_dir=tmp_path, options=EmbedOptions(engine="spark", progress=False))
     in_memory = dataclasses.replace(embedder, spec="")  # e.g. torch_embedder over a model being trained
     with pytest.raises(ValueError, match="rebuilds the embedder in each actor from its spec"):
-        embed_images(photos[:1], in_memory, cache_dir=tmp_path, engine="ray", progress=False)
+        embed_images(photos[:1], in_memory, cache_dir=tmp_path, options=EmbedOptions(engine="ray", progress=False))

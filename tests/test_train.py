@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from curation.training.config import ConfigError, load_config_file, resolve_config
-from curation.training.data import CropPairs, prepare_data
+from curation.training.data import CropPairs, epoch_data, prepare_data
 from curation.train_on_clean import main
 from curation.training.loop import train, train_step
 from curation.training.run_folder import Kept, RunFolder, update_top_k
@@ -238,3 +238,91 @@ def test_cli_refuses_bad_input_with_one_line(glint_work, tmp_path, capsys):
         assert main([str(glint_work), "--init", "random", "--out", str(tmp_path / "r3"), "--aligned", "--log", "wandb",
                      "--quiet"]) == 2
         assert "wandb package is not installed" in capsys.readouterr().err
+
+
+# ---- options for fine-tuning a pretrained embedder: trainable layers, warm-up, share of own-deepfake pairs -----------
+def test_trainable_last_k_are_the_layers_nearest_the_output(models_dir):
+    import onnx
+
+    from curation.training.trainable import layers, set_trainable
+    from embeddings.onnx_backbone import load_onnx_backbone
+
+    ir = build_backbone("ir_18")
+    # IR: the output layer's Linear, then its BatchNorm2d (Dropout, Flatten and the affine-free BatchNorm1d have none)
+    assert layers(ir)[-2:] == [["output_layer.0.weight", "output_layer.0.bias"],
+                               ["output_layer.3.bias", "output_layer.3.weight"]]
+    summary = set_trainable(ir, "last:2")
+    trainable = {n for n, p in ir.named_parameters() if p.requires_grad}
+    assert trainable == {"output_layer.0.weight", "output_layer.0.bias", "output_layer.3.weight", "output_layer.3.bias"}
+    assert summary.n_trainable_params == 512 * 2 + 512 * 49 * 512 + 512
+    # ONNX: the graph's own order says which Conv comes last; its weight and bias are the last layer
+    path = models_dir / "mobilefacenet.onnx"
+    graph = onnx.load(str(path)).graph
+    inits = {t.name for t in graph.initializer}
+    convs = [[i for i in n.input if i in inits] for n in graph.node if n.op_type == "Conv"]
+    model = load_onnx_backbone(path)
+    assert len(layers(model)) == len(convs)  # BN is folded into the convolutions of this file: one layer each
+    set_trainable(model, "last:1")
+    slot = {id(t): name for name, t in model.net.onnx_tensors().items()}
+    assert {slot[id(p)] for p in model.parameters() if p.requires_grad} == set(convs[-1])
+    assert set_trainable(model, "last:500").n_trainable_params == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ConfigError, match="trainable must be 'all' or 'last:K'"):
+        resolve_config(cli_values={"trainable": "last:0"})
+
+
+def test_a_step_with_frozen_layers_changes_only_the_trainable_ones(glint_work, tmp_path):
+    from curation.training.trainable import set_trainable
+
+    cfg = _cfg(glint_work, tmp_path / "run", trainable="last:3")
+    data = prepare_data(cfg, say=lambda _: None, progress=False)
+    batch = torch.utils.data.default_collate([epoch_data(data, cfg, 0, None).dataset[i] for i in range(2)])
+    torch.manual_seed(0)
+    model = build_backbone("ir_18")
+    set_trainable(model, cfg.trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    train_step(model, None, AdaptiveMarginPairLoss(), batch, opt, torch.amp.GradScaler("cuda", enabled=False), cfg,
+               torch.device("cpu"), None)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {n for n, p in model.named_parameters() if p.requires_grad} and len(changed) == 6  # 3 layers x (weight, bias)
+
+
+def test_warmup_scales_the_step_and_leaves_the_scheduled_rate(glint_work, tmp_path):
+    """AdamW's first update of a weight is lr * (g / |g| + weight_decay * w) to within its eps: with a quarter of the
+    rate it moves a quarter as far, and the optimizer's own rate (the scheduler's, the one saved) is unchanged."""
+    from curation.training.loop import warmup_scale
+
+    assert [warmup_scale(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_scale(0, 0) == 1.0
+    cfg = _cfg(glint_work, tmp_path / "run", warmup_steps=4)
+    data = prepare_data(cfg, say=lambda _: None, progress=False)
+    batch = torch.utils.data.default_collate([epoch_data(data, cfg, 0, None).dataset[i] for i in range(2)])
+    moved = {}
+    for scale in (1.0, 0.25):
+        torch.manual_seed(0)
+        model = build_backbone("ir_18")
+        w0 = model.output_layer[3].weight.detach().clone()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        train_step(model, None, AdaptiveMarginPairLoss(), batch, opt, torch.amp.GradScaler("cuda", enabled=False),
+                   cfg, torch.device("cpu"), None, lr_scale=scale)
+        moved[scale] = (model.output_layer[3].weight.detach() - w0).abs().max().item()
+        assert opt.param_groups[0]["lr"] == cfg.lr
+    assert moved[0.25] / moved[1.0] == pytest.approx(0.25, rel=1e-3)
+
+
+def test_fake_fraction_sets_the_share_of_own_deepfake_pairs():
+    import pandas as pd
+
+    from curation.training.pairs import make_pairs
+
+    # 5 identities with 6 real photos (15 same-person pairs each) and 3 deepfakes each
+    t = pd.DataFrame({"identity": np.repeat([f"p{i}" for i in range(5)], 9), "is_fake": np.tile([0] * 6 + [1] * 3, 5)})
+    default, _ = make_pairs(t, seed=3)
+    recipe, _ = make_pairs(t, seed=3, fake_share=0.25)
+    assert all(np.array_equal(getattr(default, f), getattr(recipe, f)) for f in ("a", "b", "kind"))  # the recipe's
+    assert default.counts() == {"same": 75, "different": 40, "own_fake": 35}  # 15 // 2 = 7 fakes per identity
+    for share, fakes in ((0.0, 0), (0.4, 5 * 12), (0.5, 75)):  # int(2 * 15 * share) per identity
+        pairs, _ = make_pairs(t, seed=3, fake_share=share)
+        assert pairs.counts() == {"same": 75, "different": 75 - fakes, "own_fake": fakes}
+    with pytest.raises(ConfigError, match="fake_fraction must be between 0 and 0.5"):
+        resolve_config(cli_values={"fake_fraction": "0.6"})

@@ -332,8 +332,8 @@ def flag_truth(flags: pd.DataFrame, truth: dict) -> np.ndarray:
     - duplicate: the photo and its `duplicate_of` are copies of one source photo;
     - fake_mismatch: the deepfake stand-in shows someone else (not a mirrored photo of the folder's person);
     - merge: both folders hold the same person; split: the folder holds two people (the merged pair);
-    - no_face: wrong (every photo planted here shows a face: a detector miss, which a reviewer keeps); unreadable:
-      right. A flag on a photo the truth does not know, or of a kind not listed, counts as wrong.
+    - no_face, weak_alignment: wrong (every photo planted here shows a face: a detector miss, which a reviewer
+      keeps); unreadable: right. A flag on a photo the truth does not know, or of a kind not listed, counts as wrong.
     """
     photos, fakes, folder_person = truth["photos"], truth["fakes"], truth["folder_person"]
     merged = truth["merged"]["folder"]

@@ -83,6 +83,7 @@ SEVERITY: dict[str, float] = {
     "fake_mismatch": 1.0,
     "duplicate": 1.0,
     "no_face": 0.5,
+    "weak_alignment": 0.5,
     "unreadable": 0.25,
 }
 # Which report threshold a flag's score is compared with (see curation.flagging for what each score is); kinds not

@@ -52,7 +52,8 @@ def _per_type_columns(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def training_figures(history: pd.DataFrame) -> dict[str, go.Figure]:
-    """Loss, EER (with the learning rate) and per-type error-rate curves against the step; {} for no records."""
+    """Loss, EER (all pairs and real-only, with the learning rate) and per-type error-rate curves against the step
+    (the own_fake curve is the deepfake FAR at the EER threshold); {} for no records."""
     figs: dict[str, go.Figure] = {}
     if history.empty:
         return figs
@@ -61,6 +62,8 @@ def training_figures(history: pd.DataFrame) -> dict[str, go.Figure]:
         figs["loss"].update_layout(title="Training loss", xaxis_title="step", yaxis_title="loss")
     if "eer" in history:
         fig = go.Figure(go.Scatter(x=history.step, y=history.eer, mode="lines+markers", name="validation EER"))
+        if "eer_real" in history:  # same vs different person only: what deepfake training must not cost
+            fig.add_scatter(x=history.step, y=history.eer_real, mode="lines+markers", name="real-only EER")
         if "lr" in history:
             fig.add_scatter(x=history.step, y=history.lr, name="learning rate", yaxis="y2", line={"dash": "dot"})
             fig.update_layout(yaxis2={"title": "lr", "overlaying": "y", "side": "right", "type": "log"})

@@ -27,8 +27,10 @@ from labels.cli import UserError
 
 if TYPE_CHECKING:
     from embeddings.embedders import Embedder
+    from embeddings.options import EmbedOptions
 
 PAIR_FILES = ("0.jpg", "1.jpg")
+WEAK_STATUS = "weak_alignment: no face found, embedded from where faces sit in the other photos"
 _CHUNK = 65536  # pairs per cosine batch: bounds the memory of the gathered embedding rows
 
 
@@ -36,12 +38,15 @@ _CHUNK = 65536  # pairs per cosine batch: bounds the memory of the gathered embe
 class PairScores:
     """What `score_pairs` measured. similarity: float64 [P], NaN where img1 or img2 has no embedding. problems: one row
     per (pair, image) that could not be embedded: `pair` (row index), `image` (name as given), `status` (the embedding
-    pass's). summary: the embedding pass in one line. cache_id: the embedding cache folder (embedder @ alignment)."""
+    pass's). summary: the embedding pass in one line. cache_id: the embedding cache folder (embedder @ alignment).
+    weak: the same columns for the (pair, image)s embedded from a centre-crop fallback (no face found in a face-crop
+    photo, `embeddings.options.EmbedOptions.face_crops`): scored, but from a weak alignment."""
 
     similarity: np.ndarray
     problems: pd.DataFrame
     summary: str
     cache_id: str
+    weak: pd.DataFrame | None = None
 
     def describe_problems(self, limit: int = 3) -> str:
         """One line for a person, '' when every pair was scored: how many pairs lack an embedding, why, which images.
@@ -66,18 +71,14 @@ def score_pairs(
     embedder: Embedder,
     *,
     cache_dir: Path,
-    detector: str = "dlib",
-    aligned: bool = False,
-    batch_size: int = 64,
-    workers: int = 2,
-    progress: bool = True,
+    options: EmbedOptions | None = None,
 ) -> PairScores:
     """Cosine similarity of image pairs, each distinct image aligned and embedded once through the cached pass.
 
     Why one function: `curation.predict` and `curation.evaluate --pairs` must score pairs identically.
     Inputs: `root` and per-pair image names relative to it (trusted: names from a user's file go through
     `read_pairs` first, which keeps them inside root); an embedder (`embeddings.embedders.make_embedder`); the cache
-    folder and the options of `embeddings.pipeline.embed_images`.
+    folder and the pass's `embeddings.options.EmbedOptions`.
     Output: PairScores (NaN similarity, and rows in `problems`, for pairs with an image that could not be embedded:
     missing, unreadable, no face found; never an exception for those).
 
@@ -93,8 +94,7 @@ def score_pairs(
         raise ValueError(f"got {len(img1)} first images for {len(img2)} second images")
     names = list(dict.fromkeys(img1 + img2))
     index = {name: i for i, name in enumerate(names)}
-    result = embed_images([Path(root) / n for n in names], embedder, cache_dir=Path(cache_dir), detector=detector,
-                          aligned=aligned, batch_size=batch_size, workers=workers, progress=progress)
+    result = embed_images([Path(root) / n for n in names], embedder, cache_dir=Path(cache_dir), options=options)
     a = np.fromiter((index[n] for n in img1), np.int64, len(img1))
     b = np.fromiter((index[n] for n in img2), np.int64, len(img2))
     emb = result.embeddings  # unit rows; NaN rows for images without an embedding, so their pairs come out NaN
@@ -103,10 +103,15 @@ def score_pairs(
         end = start + _CHUNK
         similarity[start:end] = np.einsum("ij,ij->i", emb[a[start:end]], emb[b[start:end]])
     failed = np.array([s != "ok" for s in result.status], bool)
-    rows = [(int(p), names[side[p]], result.status[side[p]]) for side in (a, b) for p in np.flatnonzero(failed[side])]
-    problems = pd.DataFrame(rows, columns=["pair", "image", "status"])
-    problems = problems.sort_values("pair", kind="stable").reset_index(drop=True)  # img1 before img2 within a pair
-    return PairScores(similarity, problems, result.summary(), result.cache_id)
+    weak = np.array([m == "center_crop" for m in result.method], bool)
+
+    def listing(images: np.ndarray, status) -> pd.DataFrame:
+        rows = [(int(p), names[side[p]], status(side[p])) for side in (a, b) for p in np.flatnonzero(images[side])]
+        table = pd.DataFrame(rows, columns=["pair", "image", "status"])
+        return table.sort_values("pair", kind="stable").reset_index(drop=True)  # img1 before img2 within a pair
+
+    return PairScores(similarity, listing(failed, lambda i: result.status[i]), result.summary(), result.cache_id,
+                      listing(weak, lambda i: WEAK_STATUS))
 
 
 def _outside(root: Path, name: str) -> str | None:

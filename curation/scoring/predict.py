@@ -25,6 +25,7 @@ from labels.cli import UserError
 
 if TYPE_CHECKING:
     from embeddings.embedders import Embedder
+    from embeddings.options import EmbedOptions
 
 FALLBACK_SCORE = 0.0
 
@@ -48,26 +49,23 @@ def predict_pairs(
     *,
     cache_dir: Path,
     pairs_csv: Path | None = None,
-    aligned: bool = False,
-    detector: str = "dlib",
     device: str = "auto",
-    batch_size: int = 64,
-    workers: int = 2,
+    options: EmbedOptions | None = None,
     fallback_score: float = FALLBACK_SCORE,
-    progress: bool = True,
 ) -> Prediction:
     """Cosine similarity of every test pair, with a fallback score for pairs that cannot be scored.
 
     Inputs: `test_dir` in the challenge layout (`images/<pair_id>/{0.jpg,1.jpg}`), or any folder with `pairs_csv`
     (`pair_id,img1,img2`, paths relative to test_dir; refused when they leave it); `model`, an embedder spec
-    ("dlib" | "ir:<arch>:<ckpt>" | "onnx:<file>", built on `device`) or an Embedder; `cache_dir` and the options of
-    `embeddings.pipeline.embed_images` (aligned: the photos already are 112x112 ArcFace-template crops).
+    ("dlib" | "ir:<arch>:<ckpt>" | "onnx:<file>", built on `device`) or an Embedder; `cache_dir` and the
+    `embeddings.options.EmbedOptions` of the pass (aligned: the photos already are 112x112 ArcFace-template crops).
     Output: Prediction. Rows are in pair_id order for the layout and in the CSV's order for pairs_csv; a pair whose
     image is missing, unreadable or has no face found gets `fallback_score` and its images are in `problems`.
     Raises UserError for an unusable input folder, CSV or model spec, DetectorError for a bad detector.
 
     Example:
-        >>> pred = predict_pairs("test_public", "onnx:ir101.onnx", cache_dir=Path("cache"), aligned=True)
+        >>> pred = predict_pairs("test_public", "onnx:ir101.onnx", cache_dir=Path("cache"),
+        ...                      options=EmbedOptions(aligned=True))
         >>> pred.scores.to_csv("submission.csv", index=False)
         >>> len(pred.problems), pred.problem_summary
         (0, '')
@@ -80,8 +78,7 @@ def predict_pairs(
     else:
         pairs = challenge_pairs(test_dir)
     embedder = build_embedder(model, device) if isinstance(model, str) else model
-    scored = score_pairs(test_dir, pairs["img1"], pairs["img2"], embedder, cache_dir=cache_dir, detector=detector,
-                         aligned=aligned, batch_size=batch_size, workers=workers, progress=progress)
+    scored = score_pairs(test_dir, pairs["img1"], pairs["img2"], embedder, cache_dir=cache_dir, options=options)
     similarity = np.where(np.isnan(scored.similarity), fallback_score, scored.similarity)
     ids = pairs["pair_id"].reset_index(drop=True)
     problems = pd.DataFrame({"pair_id": ids.to_numpy()[scored.problems["pair"].to_numpy(np.int64)],

@@ -8,6 +8,8 @@ Defaults are the MMG team's recipe (`../shared/spec/FORMATS.md`): AdamW lr 5e-6,
 ReduceLROnPlateau(min, 0.5, patience 10, threshold 1e-4) on validation EER every 100 steps, adaptive margin s=64,
 m_b=0.35, alpha=0.1, accuracy at threshold 0.2, the 5 best checkpoints kept, identity-disjoint 95/5 split.
 
+`--config` also takes a preset by name (curation.training.presets: "recipe", the defaults; "finetune-pretrained").
+
 Example (TOML; YAML takes the same keys, and dashes or underscores both work):
     arch = "ir_101"
     init = "adaface_ir101_webface12m.ckpt"
@@ -29,7 +31,10 @@ from pathlib import Path
 
 import yaml
 
+from curation.training.presets import PRESETS
+from curation.training.trainable import parse_trainable
 from embeddings.backbones import ARCHS
+from embeddings.preprocess import CONVENTIONS
 from labels.cli import UserError
 
 
@@ -40,10 +45,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "unreviewed": ("keep", "apply"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "log": ("none", "wandb", "tensorboard"),
+    "input_convention": tuple(CONVENTIONS),
 }
 
 # Options that decide which pairs are drawn and in which order: changing them on --resume would not continue the run.
-DATA_ORDER_KEYS = ("data", "val_data", "detector", "aligned", "seed", "batch_size", "val_fraction", "max_pos_per_identity", "objective", "flip", "unreviewed")
+DATA_ORDER_KEYS = ("data", "val_data", "detector", "aligned", "seed", "batch_size", "val_fraction", "max_pos_per_identity", "objective", "flip", "unreviewed", "fake_fraction")
+# Options that decide which weights exist and train: changing them on --resume would not load the saved state.
+MODEL_KEYS = ("init", "arch", "input_convention", "trainable")
 
 
 class ConfigError(UserError):
@@ -56,14 +64,17 @@ class TrainConfig:
 
     data: str = ""  # a work folder (with labels.sqlite) or a dataset folder (e.g. an export)
     out: str = ""  # the run folder
-    init: str = ""  # a backbone checkpoint, or "random"
+    init: str = ""  # a backbone checkpoint (or ir:[<arch>:]<checkpoint>), onnx:<file.onnx>, or "random"
     arch: str | None = None  # None: taken from the checkpoint (ir_101 with --init random)
+    input_convention: str | None = None  # --init onnx: the file's input convention (None: its metadata, else arcface_rgb)
+    trainable: str = "all"  # "all", or "last:K": only the K layers nearest the output train (curation.training.trainable)
     detector: str = "dlib"  # face detector for alignment: dlib or scrfd:<file.onnx> (use the one the cleaning run used)
     aligned: bool = False  # the photos already are 112x112 ArcFace-template crops: no detection
     unreviewed: str = "keep"  # open flags on a work folder: keep the photos as labelled, or apply the suggested action
     objective: str = "pair"  # pair: adaptive-margin pair loss (the recipe); adaface: AdaFace margin head on identities
     batch_size: int = 32  # pairs per step (images per step with objective adaface)
     lr: float = 5e-6
+    warmup_steps: int = 0  # linear learning-rate warm-up from lr/N to lr over the first N steps (0: none)
     weight_decay: float = 1e-2
     epochs: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps even within an epoch
@@ -71,6 +82,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     val_data: str = ""  # a fixed validation set (work or dataset folder) instead of a split of DATA
     max_pos_per_identity: int | None = None  # cap on real-real pairs per identity (None: all C(n,2), as the recipe)
+    fake_fraction: float = 0.25  # share of training pairs that are own-deepfake pairs (0..0.5; same-person stay 0.5)
     margin_s: float = 64.0
     margin_base: float = 0.35
     margin_alpha: float = 0.1
@@ -150,8 +162,14 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if not 0.0 < cfg.lr_factor < 1.0:
         raise ConfigError(f"lr_factor must be between 0 and 1, got {cfg.lr_factor}")
-    if cfg.weight_decay < 0 or cfg.workers < 0 or cfg.lr_threshold < 0:
-        raise ConfigError("weight_decay, workers and lr_threshold cannot be negative")
+    if cfg.weight_decay < 0 or cfg.workers < 0 or cfg.lr_threshold < 0 or cfg.warmup_steps < 0:
+        raise ConfigError("weight_decay, workers, lr_threshold and warmup_steps cannot be negative")
+    if not 0.0 <= cfg.fake_fraction <= 0.5:
+        raise ConfigError(f"fake_fraction must be between 0 and 0.5 (same-person pairs are half), got {cfg.fake_fraction}")
+    try:
+        parse_trainable(cfg.trainable)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 
@@ -188,6 +206,30 @@ def load_config_file(path: str | Path) -> dict[str, typing.Any]:
             raise ConfigError(f"{path}: unknown option {key!r}{hint}")
         out[name] = _coerce(name, value, _hints()[name], str(path))
     return out
+
+
+def load_config(name_or_file: str) -> dict[str, typing.Any]:
+    """The values of `--config`: a preset of curation.training.presets by name, or a TOML / YAML file.
+
+    A value with a config suffix (.toml, .yaml, .yml, .json) or a folder in it is a file; anything else is a preset
+    name, and an unknown one is an error listing the presets.
+
+    Example:
+        >>> load_config("finetune-pretrained")["lr"]
+        1e-05
+    """
+    path = Path(name_or_file)
+    if path.suffix.lower() in (".toml", ".yaml", ".yml", ".json") or len(path.parts) > 1:
+        return load_config_file(path)
+    if name_or_file not in PRESETS:
+        raise ConfigError(f"--config {name_or_file}: no such preset (presets: {', '.join(PRESETS)}; or a .toml / "
+                          ".yaml file)")
+    hints = _hints()
+    where = f"preset {name_or_file}"
+    unknown = [k for k in PRESETS[name_or_file] if k not in hints]
+    if unknown:
+        raise ConfigError(f"{where}: unknown option {unknown[0]!r}")
+    return {k: _coerce(k, v, hints[k], where) for k, v in PRESETS[name_or_file].items()}
 
 
 def resolve_config(

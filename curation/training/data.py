@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from curation.training.pairs import PairStats, Pairs, make_pairs, split_identities
 from curation.training.config import TrainConfig
+from embeddings.options import EmbedOptions
 from embeddings.pipeline import CropDataset, align_images
 from labels.cli import UserError
 from labels.export import effective_labels
@@ -170,7 +171,8 @@ def epoch_data(data: TrainData, cfg: TrainConfig, epoch: int, classes: dict[str,
     crops = data.crops
     train = data.table[data.table["identity"].isin(data.train_ids)]
     if cfg.objective == "pair":
-        pairs, stats = make_pairs(train, seed=[cfg.seed, epoch], max_pos_per_identity=cfg.max_pos_per_identity)
+        pairs, stats = make_pairs(train, seed=[cfg.seed, epoch], max_pos_per_identity=cfg.max_pos_per_identity,
+                                  fake_share=cfg.fake_fraction)
         n = len(pairs)
         flips = rng.random((2, n)) < 0.5 if cfg.flip else np.zeros((2, n), bool)
         ds = CropPairs(crops, pairs.a, pairs.b, flips[0], flips[1], pairs.label, pairs.kind)
@@ -183,9 +185,18 @@ def epoch_data(data: TrainData, cfg: TrainConfig, epoch: int, classes: dict[str,
 
 
 def validation_pairs(data: TrainData, cfg: TrainConfig) -> tuple[Pairs, PairStats]:
-    """The validation pairs: the same recipe on the held-out identities, drawn once from the run's seed."""
+    """The validation pairs: the recipe's 50/25/25 on the held-out identities (whatever `fake_fraction` training uses,
+    so figures stay comparable between runs), drawn once from the run's seed."""
     val = data.table[data.table["identity"].isin(data.val_ids)]
     return make_pairs(val, seed=[cfg.seed, _VAL_STREAM], max_pos_per_identity=cfg.max_pos_per_identity)
+
+
+def ingest_folders(cfg: TrainConfig) -> list[str]:
+    """The sub-folders of RUN that `prepare_data` will ingest dataset folders into ("work" for DATA, "val_work" for
+    --val-data): those that are folders without a label store. The run folder hands them to the ingest (see
+    RunFolder.manage) before they are written, so a fresh run on an exported dataset can claim RUN."""
+    return [name for name, src in (("work", cfg.data), ("val_work", cfg.val_data))
+            if src and Path(src).is_dir() and not (Path(src) / STORE_NAME).is_file()]
 
 
 def prepare_data(cfg: TrainConfig, *, say: Callable[[str], None] = print, progress: bool = True) -> TrainData:
@@ -246,8 +257,8 @@ def _aligned_labels(
     if labels.empty:
         raise TrainError(f"{workdir}: no photos left to train on (all removed, or nothing ingested)")
     crops = align_images(
-        paths, cache_dir=workdir / "cache", keys=labels["image_id"].map(sha).tolist(), detector=cfg.detector,
-        aligned=cfg.aligned, workers=cfg.workers, progress=progress,
+        paths, cache_dir=workdir / "cache", keys=labels["image_id"].map(sha).tolist(),
+        options=EmbedOptions(detector=cfg.detector, aligned=cfg.aligned, workers=cfg.workers, progress=progress),
     )
     status = pd.Series([s.split(":", 1)[0] for _, s in crops])
     ok = (status == "ok").to_numpy()

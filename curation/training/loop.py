@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,22 +43,29 @@ from tqdm import tqdm
 
 from curation.training import distributed
 from curation.training.distributed import World
-from curation.scoring.metrics import accuracy_at, verification_report
-from curation.training.pairs import PAIR_KINDS, Pairs
+from curation.scoring.metrics import accuracy_at, equal_error_rate, verification_report
+from curation.training.pairs import OWN_FAKE, PAIR_KINDS, Pairs
 from curation.training.data import (
     CropImages,
     TrainData,
     TrainError,
     epoch_data,
     epoch_loader,
+    ingest_folders,
     prepare_data,
     validation_pairs,
 )
 from curation.training.config import TrainConfig
 from curation.training.run_folder import Kept, RunFolder, kept_from_state, kept_to_state
+from curation.training.trainable import set_trainable
 from embeddings import CheckpointError, build_backbone, load_backbone, read_checkpoint, save_backbone
+from embeddings.backbones import EMBEDDING_SIZE
+from embeddings.checkpoints import ONNX_ARCH
 from embeddings.device import amp_dtype, autocast
+from embeddings.embedders import EmbedderError, ModelSpec, parse_spec
 from embeddings.losses import AdaFaceHead, AdaptiveMarginPairLoss
+from embeddings.onnx_backbone import OnnxBackbone, export_onnx_backbone, load_onnx_backbone
+from embeddings.onnx_torch import OnnxConversionError
 from embeddings.pipeline import CropDataset
 from embeddings.preprocess import to_input
 
@@ -99,8 +106,9 @@ def validate(
     model: torch.nn.Module, data: TrainData, pairs: Pairs, cfg: TrainConfig, device: torch.device, dtype,
     world: World = World(),
 ) -> dict:
-    """Validation metrics on the held-out identities' pairs: EER (bob) with its threshold, the organisers' EER,
-    accuracy at the fixed threshold, and error rates per pair type at the EER threshold. Under torchrun every rank
+    """Validation metrics on the held-out identities' pairs: EER (bob) over all pairs with its threshold, the real-only
+    EER (same vs different person), the deepfake FAR at the all-pairs EER threshold (None without deepfakes), the
+    organisers' EER, accuracy at the fixed threshold, and error rates per pair type at the EER threshold. Under torchrun every rank
     embeds its share and gets rank 0's metrics, so all take the same scheduler decision."""
     rows = np.unique(np.concatenate([pairs.a, pairs.b]))
     emb = embed_rows(model, data.crops, rows, cfg, device, dtype, world)
@@ -109,9 +117,16 @@ def validate(
     ia, ib = np.searchsorted(rows, pairs.a), np.searchsorted(rows, pairs.b)
     scores = (emb[ia] * emb[ib]).sum(1).numpy().astype(np.float64)
     report = verification_report(scores, pairs.label, pairs.kind, type_names=PAIR_KINDS, curve=False)
+    real = pairs.kind != OWN_FAKE
+    fakes = report.per_type.get(PAIR_KINDS[OWN_FAKE])
     return distributed.broadcast({
         "eer": report.eer,
         "eer_threshold": report.eer_threshold,
+        # the two figures a user watches: how well real people are told apart (same vs different person only), and
+        # how many deepfakes of a person pass as that person at the all-pairs EER threshold
+        "eer_real": equal_error_rate(scores[real], pairs.label[real]).eer if 0 < pairs.label[real].sum() < real.sum()
+        else None,
+        "fake_far": fakes.rate if fakes is not None else None,
         "eer_roc": report.eer_roc,
         "accuracy": accuracy_at(scores, pairs.label, cfg.accuracy_threshold),
         "accuracy_threshold": cfg.accuracy_threshold,
@@ -122,9 +137,25 @@ def validate(
     })
 
 
-def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, device: torch.device, dtype) -> float:
+def warmup_scale(step: int, warmup_steps: int) -> float:
+    """The learning-rate factor of optimizer step `step` (0-based) under a linear warm-up of `warmup_steps` steps:
+    (step + 1) / warmup_steps while warming up, 1 after (and with no warm-up).
+
+    Example:
+        >>> [warmup_scale(s, 4) for s in range(5)]
+        [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
+
+
+def train_step(
+    model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, device: torch.device, dtype, lr_scale: float = 1.0
+) -> float:
     """One optimizer step on a batch from the epoch's loader (uint8 crops, turned into model input here by to_input);
     returns the loss. `head` is the AdaFace head (objective adaface) or None; `dtype` the autocast dtype or None.
+    `lr_scale` multiplies the learning rate for this step only (the warm-up): the optimizer's own learning rate, which
+    the plateau scheduler sets and the saved state holds, is restored right after, so warm-up and scheduler never
+    compound and a resumed run replays the same rates.
     Under torchrun `model` and `head` are DDP-wrapped, the batch is this rank's slice, and the loss returned is the mean
     over ranks: the global batch's loss, the same on every rank."""
     model.train()
@@ -149,7 +180,14 @@ def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, devic
         scaler.unscale_(opt)
         params = [p for g in opt.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    scaler.step(opt)
+    scheduled = [g["lr"] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["lr"] *= lr_scale
+    try:
+        scaler.step(opt)
+    finally:
+        for g, lr in zip(opt.param_groups, scheduled):
+            g["lr"] = lr
     scaler.update()
     value = distributed.mean(loss.detach())
     if not math.isfinite(value):
@@ -160,8 +198,9 @@ def train_step(model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, devic
 # ---- the run --------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
-    """What a call to `train` did: the losses of the steps it ran, where things are, and a fingerprint of the final
-    weights (sha256 of their state_dict, see curation.training.distributed.fingerprint; equal on every rank under torchrun)."""
+    """What a call to `train` did: the losses of the steps it ran, where things are, a fingerprint of the final
+    weights (sha256 of their state_dict, see curation.training.distributed.fingerprint; equal on every rank under
+    torchrun), and the ONNX files it wrote (from --init onnx:FILE, on rank 0)."""
 
     run: Path
     steps: list[int]
@@ -169,6 +208,7 @@ class TrainResult:
     history: list[dict]
     best: Kept | None
     weights: str
+    onnx: list[Path] = field(default_factory=list)  # best.onnx and last.onnx of a run from --init onnx:FILE
 
 
 def _rng_state() -> dict:
@@ -193,8 +233,43 @@ def _resumed_rng(state: dict, world: World) -> dict | None:
     return state["rng"] if world.is_main else None
 
 
-def _initial_model(cfg: TrainConfig, say: Callable[[str], None]) -> torch.nn.Module:
+def init_source(cfg: TrainConfig) -> ModelSpec | None:
+    """What --init names, as a model spec (None for "random"): `onnx:FILE` and `ir:[ARCH:]FILE` in the syntax of
+    `--model` (embeddings.embedders.parse_spec), a bare path as an IR checkpoint. Options that do not apply to it are
+    refused here, before any work."""
     if cfg.init == "random":
+        spec = None
+    elif cfg.init == "dlib" or cfg.init.startswith(("ir:", "onnx:")):
+        try:
+            spec = parse_spec(cfg.init)
+        except EmbedderError as exc:
+            raise TrainError(f"--init: {exc}") from None
+    else:
+        spec = ModelSpec("ir", Path(cfg.init).expanduser())
+    if spec is not None and spec.kind == "dlib":
+        raise TrainError("--init dlib: dlib's ResNet cannot be fine-tuned here; start from an ONNX embedder "
+                         "(onnx:FILE) or an IR checkpoint")
+    if spec is not None and spec.kind == "onnx" and cfg.arch is not None:
+        raise TrainError(f"--arch {cfg.arch} applies to IR backbones; --init {cfg.init} is an ONNX embedder")
+    if spec is not None and spec.kind == "ir" and spec.arch and cfg.arch and spec.arch != cfg.arch:
+        raise TrainError(f"--init {cfg.init} says {spec.arch}, --arch says {cfg.arch}")
+    if cfg.input_convention is not None and (spec is None or spec.kind != "onnx"):
+        raise TrainError("--input-convention applies to --init onnx:FILE only (IR backbones take the adaface "
+                         "convention)")
+    return spec
+
+
+def _initial_model(cfg: TrainConfig, say: Callable[[str], None]) -> torch.nn.Module:
+    spec = init_source(cfg)
+    if spec is not None and spec.kind == "onnx":
+        try:
+            model = load_onnx_backbone(spec.path, cfg.input_convention)
+        except OnnxConversionError as exc:
+            raise TrainError(f"--init {exc}") from None
+        say(f"initial weights: {spec.path} (ONNX embedder, input convention {model.convention}; the run folder gets "
+            "init.onnx, and best.onnx / last.onnx in the same convention when the run ends)")
+        return model
+    if spec is None:
         arch = cfg.arch or "ir_101"
         say(
             "\n" + "!" * 100 + f"\n!! WARNING: --init random: training {arch} from RANDOM weights. Fine-tuning needs a"
@@ -203,15 +278,32 @@ def _initial_model(cfg: TrainConfig, say: Callable[[str], None]) -> torch.nn.Mod
         )
         return build_backbone(arch)
     try:
-        model = load_backbone(cfg.init, arch=cfg.arch)
+        model = load_backbone(spec.path, arch=spec.arch or cfg.arch)
     except CheckpointError as exc:
         raise TrainError(f"--init {exc}") from None
-    say(f"initial weights: {cfg.init} ({model.arch})")
+    say(f"initial weights: {spec.path} ({model.arch})")
+    return model
+
+
+def _resumed_model(cfg: TrainConfig, run: RunFolder) -> torch.nn.Module:
+    """The model of last.pt: an IR backbone, or the module rebuilt from RUN/init.onnx with the saved state_dict."""
+    ckpt = read_checkpoint(run.last)
+    if ckpt.arch != ONNX_ARCH:
+        return load_backbone(run.last, arch=cfg.arch)
+    try:
+        model = load_onnx_backbone(run.init_onnx, cfg.input_convention)
+    except OnnxConversionError as exc:
+        raise TrainError(f"cannot resume: {exc}") from None
+    if model.source_sha256 != ckpt.meta.get("init_sha256"):
+        raise TrainError(f"cannot resume: {run.init_onnx} is not the ONNX file {run.last} was trained from")
+    model.load_state_dict(ckpt.state_dict, strict=True)
     return model
 
 
 def _meta(cfg: TrainConfig, model, step: int, epoch: int, metrics: dict | None) -> dict:
     meta = {"step": step, "epoch": epoch, "arch": model.arch, "init": cfg.init, "objective": cfg.objective}
+    if isinstance(model, OnnxBackbone):
+        meta.update(init_sha256=model.source_sha256, input_convention=model.convention)
     if metrics is not None:
         meta.update(eer=metrics["eer"], eer_threshold=metrics["eer_threshold"])
     return meta
@@ -269,7 +361,10 @@ def _train(
         torch.manual_seed(cfg.seed)  # random initial weights come from the seed
         model = _initial_model(cfg, say)  # before the data, so a bad checkpoint fails before hours of alignment
     else:
-        model = load_backbone(run.last, arch=cfg.arch)
+        model = _resumed_model(cfg, run)
+    if world.is_main:
+        for folder in ingest_folders(cfg):  # the ingest's own work folder inside RUN, never listed nor deleted here
+            run.owned.manage(folder)
     # Rank 0 aligns into the crop cache while the others wait; they receive the very same table (see from_main).
     data = distributed.from_main(lambda: prepare_data(cfg, say=say, progress=progress), "preparing the data")
     for line in data.notes:
@@ -285,16 +380,20 @@ def _train(
         # Written once the inputs are known to be usable (so a failed start leaves no run behind), and on resume too:
         # it records the options the run now continues with.
         run.write_config(cfg.to_dict())
+        if isinstance(model, OnnxBackbone) and state is None:
+            run.keep_init_onnx(init_source(cfg).path, model.source_sha256)
     classes = {name: i for i, name in enumerate(data.train_ids)} if cfg.objective == "adaface" else None
 
     # The AdaFace head and dropout draw from here on, each rank from a stream of its own (rank 0's is the
     # single-process one); a resumed run restores the states.
     torch.manual_seed(cfg.seed + world.rank)
+    say(set_trainable(model, cfg.trainable).describe())
     model.to(device)
     head = None
     if classes is not None:
-        head = AdaFaceHead(len(classes), m=cfg.adaface_m, h=cfg.adaface_h, s=cfg.adaface_s).to(device)
-    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+        size = getattr(model, "embedding_size", None) or EMBEDDING_SIZE  # 512 for IR; an ONNX embedder's own
+        head = AdaFaceHead(len(classes), size, m=cfg.adaface_m, h=cfg.adaface_h, s=cfg.adaface_s).to(device)
+    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=cfg.lr_threshold
@@ -358,7 +457,7 @@ def _train(
         record = {
             "step": step,
             "epoch": epoch + (pos / max(first.steps, 1)),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": opt.param_groups[0]["lr"] * warmup_scale(step, cfg.warmup_steps),
             "train_loss": loss_sum / loss_n if loss_n else None,
             **metrics,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -409,15 +508,17 @@ def _train(
         ep = first
         while step < total:
             for batch in epoch_loader(ep.dataset, cfg, pos * cfg.batch_size, device, world.rank, world.size):
-                value = train_step(net, head_net, loss_fn, batch, opt, scaler, cfg, device, dtype)
+                value = train_step(net, head_net, loss_fn, batch, opt, scaler, cfg, device, dtype,
+                                   warmup_scale(step, cfg.warmup_steps))
                 step, pos = step + 1, pos + 1
                 loss_sum, loss_n = loss_sum + value, loss_n + 1
                 steps_run.append(step)
                 losses.append(value)
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.2g}")
+                lr_now = opt.param_groups[0]["lr"] * warmup_scale(step - 1, cfg.warmup_steps)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{lr_now:.2g}")
                 if logger is not None and step % 10 == 0:
-                    logger({"train_loss_step": value, "lr": opt.param_groups[0]["lr"]}, step)
+                    logger({"train_loss_step": value, "lr": lr_now}, step)
                 if step % cfg.val_every == 0:
                     checkpoint(regular=True)
                 if step >= total:
@@ -432,7 +533,38 @@ def _train(
         bar.close()
     history = run.history()
     best = kept[0] if kept else None
-    return TrainResult(run.path, steps_run, losses, history, best, distributed.fingerprint(model))
+    exported = []
+    if isinstance(model, OnnxBackbone) and world.is_main:
+        exported = _export_onnx(model, run, best, data, vpairs, say)
+    return TrainResult(run.path, steps_run, losses, history, best, distributed.fingerprint(model), exported)
+
+
+PARITY_CROPS = 32  # validation crops the exported ONNX files are checked on
+
+
+def _export_onnx(
+    model: OnnxBackbone, run: RunFolder, best: Kept | None, data: TrainData, vpairs: Pairs, say: Callable[[str], None]
+) -> list[Path]:
+    """RUN/best.onnx and RUN/last.onnx: the weights of best.pt and last.pt in the source graph and input convention,
+    each checked against the torch module holding them on real validation crops before it is renamed into place."""
+    rows = np.unique(np.concatenate([vpairs.a, vpairs.b]))[:PARITY_CROPS]
+    crops = torch.stack([data.crops[int(r)] for r in rows]).numpy()
+    out = []
+    for path, pt in ([(run.best_onnx, run.best)] if best is not None else []) + [(run.last_onnx, run.last)]:
+        ckpt = read_checkpoint(pt)
+        tuned = load_onnx_backbone(run.init_onnx, model.convention)
+        tuned.load_state_dict(ckpt.state_dict, strict=True)
+        meta = {"fine_tuned_from": run.init_onnx.name, "torch_checkpoint": pt.name,
+                **{k: ckpt.meta[k] for k in ("step", "eer") if k in ckpt.meta}}
+        parity = []
+        try:
+            run.write_file(path, lambda tmp: parity.append(export_onnx_backbone(tuned, run.init_onnx, tmp, crops, meta)))
+        except OnnxConversionError as exc:
+            raise TrainError(f"{exc} ({pt.name} holds the fine-tuned weights)") from None
+        say(f"{path}: onnxruntime vs torch max |diff| {parity[0].max_abs_diff:.1e} on {parity[0].n_images} validation "
+            f"crops (batches {', '.join(map(str, parity[0].batch_sizes))}); use it as --model onnx:{path}")
+        out.append(path)
+    return out
 
 
 def _check_in_step(model: torch.nn.Module, step: int) -> None:
@@ -448,8 +580,11 @@ def _check_in_step(model: torch.nn.Module, step: int) -> None:
 def _describe(record: dict) -> str:
     types = ", ".join(f"{k} {v:.3f}" for k, v in record["per_type"].items())
     loss = "n/a" if record["train_loss"] is None else f"{record['train_loss']:.4f}"
+    fake = "n/a (no deepfakes)" if record.get("fake_far") is None else f"{record['fake_far']:.3f}"
+    real = "n/a" if record.get("eer_real") is None else f"{record['eer_real']:.4f}"
     return (
-        f"step {record['step']}: EER {record['eer']:.4f} (thr {record['eer_threshold']:.3f}), "
+        f"step {record['step']}: EER {record['eer']:.4f} (thr {record['eer_threshold']:.3f}), real-only EER "
+        f"{real}, deepfake FAR at that threshold {fake}; "
         f"acc@{record['accuracy_threshold']:g} {record['accuracy']:.4f}, errors {types}, train loss {loss}, "
         f"lr {record['lr']:.2g}"
     )

@@ -116,13 +116,16 @@ def make_pairs(
     seed: int | Sequence[int] = 0,
     *,
     max_pos_per_identity: int | None = None,
+    fake_share: float = 0.25,
     shuffle: bool = True,
 ) -> tuple[Pairs, PairStats]:
     """Draw the recipe's 50/25/25 pairs from an image table.
 
     Inputs: `table` with columns `identity` and `is_fake`, one row per usable photo (its index labels are what the pairs
     refer to: pass a subset to pair within one split); a seed (an int or a tuple such as (seed, epoch)); an optional cap
-    on real-real pairs per identity (a seeded random subset of them is kept when capped); whether to shuffle the result.
+    on real-real pairs per identity (a seeded random subset of them is kept when capped); the share of all pairs that
+    are own-deepfake pairs, in [0, 0.5] (same-person pairs stay half, different-person pairs take the rest: the
+    recipe's 0.25 gives 50/25/25, 0.5 gives no different-person pairs); whether to shuffle the result.
     Output: (Pairs, PairStats). Identities with a single real photo anchor no pairs but still serve as other-identity
     negatives. Deepfakes whose identity has no real photo are unused.
 
@@ -134,6 +137,8 @@ def make_pairs(
         >>> stats.identities_without_fakes          # "b" has no deepfake: its half went to different-person pairs
         1
     """
+    if not 0.0 <= fake_share <= 0.5:
+        raise ValueError(f"fake_share must be in [0, 0.5], got {fake_share}")
     if max_pos_per_identity is not None and max_pos_per_identity < 1:
         raise ValueError(f"max_pos_per_identity must be at least 1, got {max_pos_per_identity}")
     missing = {"identity", "is_fake"} - set(table.columns)
@@ -170,7 +175,7 @@ def make_pairs(
         fakes = fake_by_identity.get(name)
         if fakes is None:
             without_fakes += 1
-        n_fake = k // 2 if fakes is not None else 0
+        n_fake = min(int(2 * k * fake_share), k) if fakes is not None else 0  # the recipe's 0.25: k // 2
         n_other = k - n_fake if len(real_all) > n else 0  # a lone identity has nobody else to pair with
         # Other identities' real photos: draw from the real photos outside [start, start + n) without building a mask.
         other = rng.integers(0, len(real_all) - n, size=n_other) if n_other else np.zeros(0, np.int64)

@@ -3,7 +3,11 @@
 Layout of RUN:
     config.json                  the resolved TrainConfig (what --resume reads back)
     performance_history.json     one record per validation: step, lr, train loss, every metric, time
-    last.pt, best.pt             backbones in the format embeddings.load_backbone reads (meta: step, epoch, eer, ...)
+    last.pt, best.pt             backbones in the format embeddings.load_backbone reads (meta: step, epoch, eer, ...);
+                                 from --init onnx:FILE, the fine-tuned module's state_dict (arch "onnx")
+    init.onnx                    --init onnx:FILE only: a copy of FILE, the graph --resume rebuilds the module from
+    best.onnx, last.onnx         --init onnx:FILE only: the fine-tuned weights in FILE's graph and input convention,
+                                 checked against torch (`--model onnx:RUN/best.onnx`), written when a run ends
     checkpoints/step_<step>_eer_<eer>.pt   the `keep_best` best by validation EER (older ones deleted)
     state/step_<step>.pt         optimizer, scheduler, scaler, head, data order (epoch, step), RNG states, kept list
     manifest.json                every file above (labels.outputs): RUN must be absent, empty or a run folder, and
@@ -27,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from labels.cli import UserError
-from labels.files import atomic_write, write_json
+from labels.files import atomic_write, file_sha256, write_json
 from labels.outputs import OutputFolder
 
 # torch is imported by the methods that save and load training state only: the review app and
@@ -93,6 +97,9 @@ class RunFolder:
         self.history_file = self.path / HISTORY_NAME
         self.last = self.path / "last.pt"
         self.best = self.path / "best.pt"
+        self.init_onnx = self.path / "init.onnx"
+        self.best_onnx = self.path / "best.onnx"
+        self.last_onnx = self.path / "last.onnx"
         self.checkpoints = self.path / "checkpoints"
         self.states = self.path / "state"
         self._owned: OutputFolder | None = None
@@ -118,6 +125,17 @@ class RunFolder:
     def write_config(self, values: dict) -> None:
         self.owned.add(self._rel(self.config))
         write_json(self.config, values)
+
+    def keep_init_onnx(self, source: Path, sha256: str) -> None:
+        """Copy the ONNX file a run starts from into RUN/init.onnx (once: a resumed run finds it there), so the run
+        folder alone rebuilds the module, whatever becomes of the original file."""
+        if self.init_onnx.exists() and file_sha256(self.init_onnx) == sha256:
+            return
+        self._copy_atomic(source, self.init_onnx)
+
+    def write_file(self, path: Path, write: Callable[[Path], object]) -> None:
+        """List `path` (inside RUN) in the manifest, then write it atomically with `write(tmp)`."""
+        self.owned.write(self._rel(path), write)
 
     # ---- history ----------------------------------------------------------------------------------------------
     def history(self) -> list[dict]:
