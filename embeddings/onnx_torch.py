@@ -257,9 +257,7 @@ class OnnxModule(nn.Module):
         With `start` a cut point (see `cut_points`), `run_part(trunk, start=cut)` is the rest of the network applied to
         `trunk = run_part(x, stop=cut)`: the same result as `forward(x)`.
         """
-        env: dict[str, torch.Tensor] = {self.input_name if start is None else start: x}
-        for onnx_name, slot in self._slot.items():
-            env[onnx_name] = getattr(self, slot)
+        env = {**self.onnx_tensors(), (self.input_name if start is None else start): x}
         stop = stop or self.output_names[0]
         begin = 0 if start is None else self._producer(start) + 1
         for n in self.nodes[begin:]:
