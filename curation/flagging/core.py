@@ -59,6 +59,8 @@ from curation.flagging.graph import (
     slice_rows,
     take_rows,
 )
+from curation.flagging.evidence import photo_evidence
+from curation.flagging.mislabel import features_if_moved, fit_model
 from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
 from embeddings.device import pick_device
 from labels.cli import UserError
@@ -85,6 +87,7 @@ class FlagConfig:
     exact_max: int = EXACT_MAX
     faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
     chunk_rows: int = CHUNK_ROWS  # photos per chunk of identities in the graph pass (memory, not results)
+    flag_probability: float = 0.5  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
     seed: int = 0
 
 
@@ -184,6 +187,11 @@ def _cross(emb, left, lids, right, rids, threshold, device, budget=1 << 24):
     return density, mean, best, arg_l, arg_r
 
 
+def _num(x) -> float | None:
+    """A float for details (JSON): None for NaN."""
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
 def _few(names, limit: int = 5) -> str:
     names = [str(x) for x in names]
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -279,10 +287,25 @@ def flag_embeddings(
         )
 
     comp = g.component
-    multi = n_real[np.maximum(codes, 0)] >= 2
-    outlier = real & (comp == -1) & multi
-    minority = real & (comp >= 1)
-    flagged_rows = np.flatnonzero(outlier | minority)
+    t0 = time.perf_counter()
+    ev = photo_evidence(emb, codes, real, k_ids, use_gpu=dev.type == "cuda", nprobe=cfg.nprobe,
+                        exact_max=cfg.exact_max, factory=cfg.faiss_index, seed=cfg.seed)
+    judged_rows = np.flatnonzero(np.isfinite(ev.own))
+    model, p = fit_model(ev, emb, codes, judged_rows, seed=cfg.seed)
+    prob = np.full(n, np.nan, np.float32)
+    prob[judged_rows] = p
+    wrong = prob >= cfg.flag_probability
+    outlier = wrong & (comp == -1)
+    minority = wrong & (comp != -1)
+    flagged_rows = np.flatnonzero(wrong)
+    # the suggestion: the nearest other identity, unless the photo would look wrong there too (not in this dataset)
+    has_other = flagged_rows[ev.other_code[flagged_rows] >= 0]
+    p_there = np.ones(n, np.float32)
+    p_there[has_other] = model.probability(
+        features_if_moved(ev, codes, has_other, ev.other_code[has_other], ev.other[has_other])
+    )
+    elsewhere = p_there < cfg.flag_probability
+    timings["evidence"] = time.perf_counter() - t0
     n_main = ident["n_main"].to_numpy()
     second = ident["second_size"].to_numpy()
     split_ids = np.flatnonzero((second >= cfg.split_min_size) & (second >= cfg.split_ratio * np.maximum(n_main, 1)))
@@ -303,7 +326,6 @@ def flag_embeddings(
     cent = take_rows(sums, cent_codes, out=scratch_array((len(cent_codes), emb.shape[1]), np.float32, on_disk))
     del sums
     suggested = np.full(n, None, dtype=object)
-    sugg_sim = np.full(n, np.nan, np.float32)
     flag_rows_list: list[dict] = []
     genuine_median = hist_quantile(g.same_identity_hist, HIST_EDGES, 0.5)
     dup_t = cfg.duplicate_threshold or duplicate_threshold(genuine_median if np.isfinite(genuine_median) else t, t)
@@ -335,7 +357,6 @@ def flag_embeddings(
                 s_sims[s : s + step], s_ids[s : s + step] = knn(index, qx, kq, nprobe=cfg.nprobe)
             s_codes = np.where(s_ids >= 0, cent_codes[np.maximum(s_ids, 0)], -1)
             suggested[query_rows] = np.where(s_codes[:, 0] >= 0, names[np.maximum(s_codes[:, 0], 0)], None)
-            sugg_sim[query_rows] = s_sims[:, 0]
             # duplicates: each query photo vs the main photos of its nearest identities other than its own
             pair_q = np.repeat(np.arange(len(query_rows)), kq)
             pair_c = s_codes.ravel()
@@ -399,10 +420,17 @@ def flag_embeddings(
     # ---- assemble -----------------------------------------------------------------------------------------------
     for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
         for row in rows:
+            other = int(ev.other_code[row])
+            sugg = names[other] if elsewhere[row] else None
+            suggested[row] = sugg
             flag_rows_list.append(
                 dict(row=int(row), identity=names[codes[row]], flag=kind, component=int(comp[row]),
-                     suggested_identity=suggested[row], score=float(g.sim_to_main[row]),
-                     details={"suggested_cosine": float(sugg_sim[row]), "degree": int(g.degree[row])})
+                     suggested_identity=sugg, score=float(prob[row]),
+                     details={"own_cosine": _num(ev.own[row]), "z": _num(ev.z[row]),
+                              "nearest_identity": names[other] if other >= 0 else None,
+                              "nearest_cosine": _num(ev.other[row]), "p_if_moved": _num(p_there[row]),
+                              "not_in_dataset": not elsewhere[row], "degree": int(g.degree[row]),
+                              "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]])})
             )
     for c in split_ids:
         flag_rows_list.append(
@@ -433,6 +461,7 @@ def flag_embeddings(
             "degree": g.degree,
             "sim_to_main": g.sim_to_main,
             "best_to_main": g.best_to_main,
+            "p_wrong": prob,
             "suggested_identity": suggested,
             "flags": row_flags,
         }
@@ -474,6 +503,8 @@ def flag_embeddings(
             "impostor_mean": imp_mean,
         },
         "split": {"ratio": cfg.split_ratio, "min_size": cfg.split_min_size},
+        "mislabel": model.to_dict() | {"flag_probability": cfg.flag_probability,
+                                        "method": "P(wrong identity) from curation.flagging.mislabel"},
         "index": {"kind": index_kind, "rows": int(len(cent_codes)), "nprobe": cfg.nprobe},
         "config": asdict(cfg),
     }

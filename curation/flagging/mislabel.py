@@ -1,0 +1,171 @@
+"""One calibrated probability per photo that it is filed under the wrong identity, from curation.flagging.evidence.
+
+Why a fitted model and not hand-set thresholds: what a cosine means depends on the embedder and on the dataset (dlib
+puts strangers at 0.8, AdaFace near 0), and how far "unusual for this folder" (z) and "closer to another identity"
+(margin) should each count is an empirical matter. Both distributions are estimated from the data itself:
+
+- impostors are *simulated*: a sample of core photos is moved, on paper, into another identity (a random one, and the
+  photo's nearest other identity, i.e. a lookalike), with and without its true identity left in the dataset (an
+  outsider), and its features are recomputed as they would read there. No photo is touched; every cosine needed is
+  already in the evidence or is one dot product with a centroid;
+- genuine photos are the dataset's own photos, each weighted by how genuine the current fit believes it to be (EM: the
+  weights and the estimated share of wrong photos, the prior, are refined a few rounds).
+
+A weighted logistic regression on the features (`FEATURES`) then gives the log likelihood ratio impostor : genuine,
+and Bayes' rule with the estimated prior gives the probability. `p >= 0.5` is a flag.
+
+Example:
+    >>> model = fit_model(ev, emb, codes, seed=0)
+    >>> p = model.probability(photo_features(ev))
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from curation.flagging.calibrate import rowwise_dot
+from curation.flagging.evidence import Evidence
+
+FEATURES = ("z", "own", "other", "z_other")  # see photo_features
+SIGNS = (-1, -1, 1, 1)  # the direction each feature may push towards "wrong": a fit against it is noise, and is dropped
+CLIP = 40.0
+N_SIMULATED = 20_000  # core photos moved on paper per kind of move
+EM_ROUNDS = 4
+RIDGE = 1e-3
+
+
+@dataclass
+class MislabelModel:
+    """Logistic weights (over FEATURES + intercept) of the impostor : genuine log likelihood ratio, and the prior."""
+
+    coef: list[float]
+    prior: float
+    n_simulated: int
+    n_genuine: int
+
+    def log_ratio(self, x: np.ndarray) -> np.ndarray:
+        return x @ np.asarray(self.coef[:-1]) + self.coef[-1]
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        """P(wrong identity) per feature row (NaN rows -> NaN)."""
+        prior = np.clip(self.prior, 1e-4, 0.5)
+        logit = self.log_ratio(x) + np.log(prior / (1 - prior))
+        return (1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"features": list(FEATURES)}
+
+
+def features(z: np.ndarray, own: np.ndarray, other: np.ndarray, z_other: np.ndarray, unit: float) -> np.ndarray:
+    """[n, 4] float64: z (fit to the folder in its own spread), own and other cosines in `unit`s (the dataset's
+    typical spread: the fitted weights then compare across embedders), and z_other (how genuine the photo would look
+    in that identity), each clipped to +-CLIP. A missing other identity reads as a poor one."""
+    lo = -CLIP * unit
+    other = np.where(np.isfinite(other), other, np.nanmin(own) if np.isfinite(own).any() else -1.0)
+    zo = np.where(np.isfinite(z_other), z_other, -CLIP)
+    out = np.stack([z, own / unit, other / unit, zo], 1)
+    del lo
+    return np.clip(out, -1 / unit - CLIP, 1 / unit + CLIP)
+
+
+def photo_features(ev: Evidence, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The features of `rows` as they are filed."""
+    return features(ev.z[rows], ev.own[rows], ev.other[rows], ev.z_at(ev.other[rows], ev.other_code[rows]), ev.unit)
+
+
+def features_if_moved(ev: Evidence, codes: np.ndarray, rows: np.ndarray, to: np.ndarray, cos_to: np.ndarray,
+                      *, keep_home: bool = True) -> np.ndarray:
+    """The features `rows` would have if filed under identity `to` (cosine to its centroid `cos_to`).
+
+    Their best other identity is then the best of: their own identity (their leave-one-out `own`; only when keep_home,
+    else the person is not in the dataset), and their nearest other identities that are not `to`.
+    """
+    cands = [(ev.other, ev.other_code), (ev.second, ev.second_code)]
+    if keep_home:
+        cands.insert(0, (ev.own, codes))
+    best = np.full(len(rows), -np.inf)
+    best_c = np.full(len(rows), -1, np.int64)
+    for cos, code in cands:
+        c, k = cos[rows], code[rows]
+        ok = np.isfinite(c) & (k >= 0) & (k != to) & (c > best)
+        best, best_c = np.where(ok, c, best), np.where(ok, k, best_c)
+    best = np.where(np.isfinite(best), best, np.nan)
+    return features(ev.z_at(cos_to, to), cos_to, best, ev.z_at(best, best_c), ev.unit)
+
+
+def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: int = N_SIMULATED,
+                        seed: int = 0) -> np.ndarray:
+    """Features of core photos moved on paper: to a random identity / to their nearest other identity, with their own
+    identity kept (a mislabelled photo) or not (an outsider). [<= 4n, 4]."""
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(ev.core & np.isfinite(ev.own) & (ev.other_code >= 0))
+    if len(pool) == 0 or len(ev.cent_codes) < 3:
+        return np.empty((0, len(FEATURES)))
+    rows = rng.choice(pool, min(n, len(pool)), replace=False)
+    rand = ev.cent_codes[rng.integers(0, len(ev.cent_codes), len(rows))]
+    clash = rand == codes[rows]
+    rand[clash] = ev.other_code[rows[clash]]
+    cent_row = np.full(len(ev.level), -1, np.int64)
+    cent_row[ev.cent_codes] = np.arange(len(ev.cent_codes))
+    cos_rand = rowwise_dot(emb, rows, ev.centroids, cent_row[rand])
+    near, cos_near = ev.other_code[rows], ev.other[rows]
+    out = [features_if_moved(ev, codes, rows, to, cos, keep_home=home)
+           for to, cos in ((rand, cos_rand), (near, cos_near)) for home in (True, False)]
+    return np.concatenate(out)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted logistic regression whose coefficients keep SIGNS (a feature fitted against its sign is dropped and
+    the rest refitted); returns [coef..., intercept]."""
+    use = np.ones(x.shape[1], bool)
+    while True:
+        beta = np.zeros(x.shape[1] + 1)
+        beta[np.append(use, True)] = _newton(x[:, use], y, w)
+        bad = use & (np.sign(beta[:-1]) * np.asarray(SIGNS) < 0)
+        if not bad.any():
+            return beta
+        use &= ~bad
+
+
+def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 30) -> np.ndarray:
+    """Weighted, slightly ridged logistic regression by Newton's method; returns [coef..., intercept]."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    beta = np.zeros(xb.shape[1])
+    ridge = RIDGE * w.sum() * np.eye(xb.shape[1])
+    ridge[-1, -1] = 0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(xb @ beta, -50, 50)))
+        g = xb.T @ (w * (p - y)) + ridge @ beta
+        h = (xb * (w * p * (1 - p))[:, None]).T @ xb + ridge
+        step = np.linalg.solve(h, g)
+        beta -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return beta
+
+
+def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, *, seed: int = 0,
+              prior: float = 0.1) -> tuple[MislabelModel, np.ndarray]:
+    """Fit the model on the judged `rows` (valid real photos of identities with 2+ photos).
+
+    Returns (model, probability per row of `rows`). With fewer than three identities there is nothing to simulate: the
+    model falls back to the fit to the folder alone (z), with a fixed scale (one spread = one unit of log ratio).
+    """
+    genuine = photo_features(ev, codes, rows)
+    imp = simulated_impostors(ev, emb, codes, seed=seed)
+    if len(imp) == 0 or len(genuine) == 0:
+        model = MislabelModel([-1.0, 0.0, 0.0, 0.0, -4.0], prior, 0, len(genuine))
+        return model, model.probability(genuine)
+    p = np.full(len(genuine), prior)
+    x = np.vstack([genuine, imp])
+    y = np.concatenate([np.zeros(len(genuine)), np.ones(len(imp))])
+    for _ in range(EM_ROUNDS):
+        wg = 1 - p
+        w = np.concatenate([wg, np.full(len(imp), wg.sum() / len(imp))])  # balanced: logit = log likelihood ratio
+        beta = _logistic(x, y, w)
+        model = MislabelModel(beta.tolist(), float(prior), len(imp), len(genuine))
+        p = model.probability(genuine).astype(np.float64)
+        prior = float(np.clip(p.mean(), 1e-4, 0.5))
+    model = MislabelModel(beta.tolist(), prior, len(imp), len(genuine))
+    return model, model.probability(genuine)
