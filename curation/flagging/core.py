@@ -60,7 +60,7 @@ from curation.flagging.graph import (
     take_rows,
 )
 from curation.flagging.evidence import photo_evidence
-from curation.flagging.mislabel import features_if_moved, fit_model
+from curation.flagging.mislabel import fit_model
 from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
 from embeddings.device import pick_device
 from labels.cli import UserError
@@ -88,6 +88,7 @@ class FlagConfig:
     faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
     chunk_rows: int = CHUNK_ROWS  # photos per chunk of identities in the graph pass (memory, not results)
     flag_probability: float = 0.5  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
+    outsider_quantile: float = 0.01  # "not in this dataset" below this quantile of the unflagged photos' fit (z)
     seed: int = 0
 
 
@@ -298,13 +299,12 @@ def flag_embeddings(
     outlier = wrong & (comp == -1)
     minority = wrong & (comp != -1)
     flagged_rows = np.flatnonzero(wrong)
-    # the suggestion: the nearest other identity, unless the photo would look wrong there too (not in this dataset)
-    has_other = flagged_rows[ev.other_code[flagged_rows] >= 0]
-    p_there = np.ones(n, np.float32)
-    p_there[has_other] = model.probability(
-        features_if_moved(ev, codes, has_other, ev.other_code[has_other], ev.other[has_other])
-    )
-    elsewhere = p_there < cfg.flag_probability
+    # the suggestion: the nearest other identity, unless the photo fits it worse than nearly every photo of the
+    # dataset fits its own identity (then its person is in no folder: "not in this dataset")
+    z_there = ev.z_at(ev.other, ev.other_code)
+    fit = ev.z[judged_rows][~wrong[judged_rows]]
+    z_cut = float(np.quantile(fit, cfg.outsider_quantile)) if len(fit) else -np.inf
+    elsewhere = np.isfinite(z_there) & (z_there >= z_cut)
     timings["evidence"] = time.perf_counter() - t0
     n_main = ident["n_main"].to_numpy()
     second = ident["second_size"].to_numpy()
@@ -428,7 +428,7 @@ def flag_embeddings(
                      suggested_identity=sugg, score=float(prob[row]),
                      details={"own_cosine": _num(ev.own[row]), "z": _num(ev.z[row]),
                               "nearest_identity": names[other] if other >= 0 else None,
-                              "nearest_cosine": _num(ev.other[row]), "p_if_moved": _num(p_there[row]),
+                              "nearest_cosine": _num(ev.other[row]), "z_nearest": _num(z_there[row]),
                               "not_in_dataset": not elsewhere[row], "degree": int(g.degree[row]),
                               "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]])})
             )
@@ -504,7 +504,8 @@ def flag_embeddings(
         },
         "split": {"ratio": cfg.split_ratio, "min_size": cfg.split_min_size},
         "mislabel": model.to_dict() | {"flag_probability": cfg.flag_probability,
-                                        "method": "P(wrong identity) from curation.flagging.mislabel"},
+                                        "method": "P(wrong identity) from curation.flagging.mislabel",
+                                        "not_in_dataset_z": z_cut},
         "index": {"kind": index_kind, "rows": int(len(cent_codes)), "nprobe": cfg.nprobe},
         "config": asdict(cfg),
     }

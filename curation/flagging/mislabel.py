@@ -31,7 +31,7 @@ FEATURES = ("z", "own", "other", "z_other")  # see photo_features
 SIGNS = (-1, -1, 1, 1)  # the direction each feature may push towards "wrong": a fit against it is noise, and is dropped
 CLIP = 40.0
 N_SIMULATED = 20_000  # core photos moved on paper per kind of move
-EM_ROUNDS = 4
+EM_ROUNDS = 1
 RIDGE = 1e-3
 
 
@@ -48,10 +48,8 @@ class MislabelModel:
         return x @ np.asarray(self.coef[:-1]) + self.coef[-1]
 
     def probability(self, x: np.ndarray) -> np.ndarray:
-        """P(wrong identity) per feature row (NaN rows -> NaN)."""
-        prior = np.clip(self.prior, 1e-4, 0.5)
-        logit = self.log_ratio(x) + np.log(prior / (1 - prior))
-        return (1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))).astype(np.float32)
+        """P(wrong identity) per feature row: exp(log ratio) capped at 1 (NaN rows -> NaN)."""
+        return np.exp(np.minimum(self.log_ratio(x), 0.0)).astype(np.float32)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"features": list(FEATURES)}
@@ -99,7 +97,7 @@ def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: 
     """Features of core photos moved on paper: to a random identity / to their nearest other identity, with their own
     identity kept (a mislabelled photo) or not (an outsider). [<= 4n, 4]."""
     rng = np.random.default_rng(seed)
-    pool = np.flatnonzero(ev.core & np.isfinite(ev.own) & (ev.other_code >= 0))
+    pool = np.flatnonzero(np.isfinite(ev.own) & (ev.other_code >= 0))
     if len(pool) == 0 or len(ev.cent_codes) < 3:
         return np.empty((0, len(FEATURES)))
     rows = rng.choice(pool, min(n, len(pool)), replace=False)
@@ -110,8 +108,9 @@ def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: 
     cent_row[ev.cent_codes] = np.arange(len(ev.cent_codes))
     cos_rand = rowwise_dot(emb, rows, ev.centroids, cent_row[rand])
     near, cos_near = ev.other_code[rows], ev.other[rows]
-    out = [features_if_moved(ev, codes, rows, to, cos, keep_home=home)
-           for to, cos in ((rand, cos_rand), (near, cos_near)) for home in (True, False)]
+    # an outsider filed under its most similar identity looks like a genuine hard photo: not a case to learn from
+    moves = [(rand, cos_rand, True), (near, cos_near, True), (rand, cos_rand, False)]
+    out = [features_if_moved(ev, codes, rows, to, cos, keep_home=home) for to, cos, home in moves]
     return np.concatenate(out)
 
 
@@ -149,6 +148,9 @@ def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray
               prior: float = 0.1) -> tuple[MislabelModel, np.ndarray]:
     """Fit the model on the judged `rows` (valid real photos of identities with 2+ photos).
 
+    Positive-unlabelled learning (Elkan & Noto 2008): a logistic g(f) = P(simulated | f) is fitted on the simulated
+    impostors against the dataset's photos; with c = mean g over the simulated ones, a photo's
+    P(wrong | f) = (1 - c) / c * g / (1 - g), capped at 1, and the prior is its mean.
     Returns (model, probability per row of `rows`). With fewer than three identities there is nothing to simulate: the
     model falls back to the fit to the folder alone (z), with a fixed scale (one spread = one unit of log ratio).
     """
@@ -157,15 +159,13 @@ def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray
     if len(imp) == 0 or len(genuine) == 0:
         model = MislabelModel([-1.0, 0.0, 0.0, 0.0, -4.0], prior, 0, len(genuine))
         return model, model.probability(genuine)
-    p = np.full(len(genuine), prior)
     x = np.vstack([genuine, imp])
     y = np.concatenate([np.zeros(len(genuine)), np.ones(len(imp))])
-    for _ in range(EM_ROUNDS):
-        wg = 1 - p
-        w = np.concatenate([wg, np.full(len(imp), wg.sum() / len(imp))])  # balanced: logit = log likelihood ratio
-        beta = _logistic(x, y, w)
-        model = MislabelModel(beta.tolist(), float(prior), len(imp), len(genuine))
-        p = model.probability(genuine).astype(np.float64)
-        prior = float(np.clip(p.mean(), 1e-4, 0.5))
-    model = MislabelModel(beta.tolist(), prior, len(imp), len(genuine))
-    return model, model.probability(genuine)
+    beta = _logistic(x, y, np.ones(len(x)))
+    g_imp = 1 / (1 + np.exp(-np.clip(np.hstack([imp, np.ones((len(imp), 1))]) @ beta, -50, 50)))
+    c = float(np.clip(g_imp.mean(), 1e-6, 1 - 1e-6))
+    beta[-1] += np.log((1 - c) / c)  # log ratio: logit g + log((1 - c) / c)
+    model = MislabelModel(beta.tolist(), 0.5, len(imp), len(genuine))
+    p = model.probability(genuine)
+    model.prior = float(p.mean())
+    return model, p
