@@ -188,6 +188,61 @@ def _cross(emb, left, lids, right, rids, threshold, device, budget=1 << 24):
     return density, mean, best, arg_l, arg_r
 
 
+def _near_copies(emb, codes, rows, n_codes, dup_t, device, budget=1 << 24):
+    """Pairs of `rows` of one identity with cosine >= dup_t: (later row, its earliest copy, cosine) per later row.
+
+    Identities are compared in padded blocks (all candidate rows of an identity against each other); an identity with
+    more candidates than fit one block is compared in slices of its rows, so no n x n matrix beyond `budget` numbers.
+    """
+    order, starts, counts = segments(codes, rows, n_codes)
+    ids = np.flatnonzero(counts >= 2)
+    out_row, out_twin, out_sim = [], [], []
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    for c in ids:
+        part = order[starts[c] : starts[c] + counts[c]]
+        x = gather(emb, part, device, dtype)
+        step = max(1, budget // max(len(part), 1))
+        for s in range(0, len(part), step):
+            sims = (x[s : s + step] @ x.T).float()
+            ar = torch.arange(s, min(s + step, len(part)), device=device)
+            sims[torch.arange(len(ar), device=device), ar] = -torch.inf  # not itself
+            earlier = torch.arange(len(part), device=device)[None, :] < ar[:, None]
+            hit = torch.where(earlier, sims, torch.tensor(-torch.inf, device=device)).max(1)
+            ok = (hit.values >= dup_t).cpu().numpy()
+            out_row.append(part[s : s + step][ok])
+            out_twin.append(part[hit.indices.cpu().numpy()[ok]])
+            out_sim.append(hit.values.cpu().numpy()[ok])
+    if not out_row:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(out_row), np.concatenate(out_twin), np.concatenate(out_sim)
+
+
+def _groups(codes, nearest, rows, comp, n_codes):
+    """Flagged photos of one folder whose nearest other identity is the same: one group (one wrong person, or one
+    person's photos filed here by mistake), reviewed together. Returns per row (group number, group size): groups of
+    2+ are numbered per identity after its graph components (so the identity page shows each as a component of its
+    own); a photo alone keeps size 1.
+    """
+    n = len(codes)
+    number = np.full(n, -1, np.int32)
+    size = np.ones(n, np.int64)
+    if len(rows) == 0:
+        return number, size
+    key = codes[rows] * (n_codes + 1) + (nearest[rows] + 1)
+    uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+    size[rows] = cnt[inv]
+    multi = cnt[inv] > 1
+    top = np.full(n_codes, 0, np.int64)
+    np.maximum.at(top, codes[codes >= 0], np.maximum(comp[codes >= 0], 0))
+    g_rows = rows[multi]
+    g_key = uniq[inv[multi]]
+    first_of = np.unique(g_key)  # groups in key order; rank them within their identity
+    g_code = first_of // (n_codes + 1)
+    rank = np.arange(len(first_of)) - np.searchsorted(g_code, g_code, side="left")
+    number[g_rows] = (top[g_code] + 1 + rank)[np.searchsorted(first_of, g_key)]
+    return number, size
+
+
 def _num(x) -> float | None:
     """A float for details (JSON): None for NaN."""
     return None if x is None or not np.isfinite(x) else round(float(x), 4)
@@ -305,6 +360,9 @@ def flag_embeddings(
     fit = ev.z[judged_rows][~wrong[judged_rows]]
     z_cut = float(np.quantile(fit, cfg.outsider_quantile)) if len(fit) else -np.inf
     elsewhere = np.isfinite(z_there) & (z_there >= z_cut)
+    group, group_size = _groups(codes, ev.other_code, flagged_rows, comp, k_ids)
+    comp = comp.copy()
+    comp[flagged_rows] = np.where(group_size[flagged_rows] > 1, group[flagged_rows], comp[flagged_rows])
     timings["evidence"] = time.perf_counter() - t0
     n_main = ident["n_main"].to_numpy()
     second = ident["second_size"].to_numpy()
@@ -329,6 +387,14 @@ def flag_embeddings(
     flag_rows_list: list[dict] = []
     genuine_median = hist_quantile(g.same_identity_hist, HIST_EDGES, 0.5)
     dup_t = cfg.duplicate_threshold or duplicate_threshold(genuine_median if np.isfinite(genuine_median) else t, t)
+    # near copies inside one identity: every photo whose best match in its main component reaches the duplicate
+    # threshold is compared with the other such photos of its identity; of each copy pair the later row is flagged
+    near = np.flatnonzero(real & (comp == 0) & (g.best_to_main >= dup_t))
+    for row, twin, sim in zip(*_near_copies(emb, codes, near, k_ids, dup_t, dev)):
+        flag_rows_list.append(
+            dict(row=int(row), identity=names[codes[row]], flag="duplicate", component=0,
+                 suggested_identity=names[codes[row]], score=float(sim), details={"duplicate_of_row": int(twin)})
+        )
     imp_mean = float(np.mean(imp)) if len(imp) else 0.0
     within = np.full(k_ids, np.nan)
     deg_main = np.bincount(codes[main_rows], weights=g.degree[main_rows], minlength=k_ids)
@@ -430,7 +496,8 @@ def flag_embeddings(
                               "nearest_identity": names[other] if other >= 0 else None,
                               "nearest_cosine": _num(ev.other[row]), "z_nearest": _num(z_there[row]),
                               "not_in_dataset": not elsewhere[row], "degree": int(g.degree[row]),
-                              "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]])})
+                              "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]]),
+                              "group_size": int(group_size[row])})
             )
     for c in split_ids:
         flag_rows_list.append(
