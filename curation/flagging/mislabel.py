@@ -27,8 +27,8 @@ import numpy as np
 from curation.flagging.calibrate import rowwise_dot
 from curation.flagging.evidence import Evidence
 
-FEATURES = ("z", "own", "other", "z_other")  # see photo_features
-SIGNS = (-1, -1, 1, 1)  # the direction each feature may push towards "wrong": a fit against it is noise, and is dropped
+FEATURES = ("z", "margin", "z_other")  # see features
+SIGNS = (-1, 1, 1)  # the direction each feature may push towards "wrong": a fit against it is noise, and is dropped
 CLIP = 40.0
 N_SIMULATED = 20_000  # core photos moved on paper per kind of move
 EM_ROUNDS = 1
@@ -37,15 +37,17 @@ RIDGE = 1e-3
 
 @dataclass
 class MislabelModel:
-    """Logistic weights (over FEATURES + intercept) of the impostor : genuine log likelihood ratio, and the prior."""
+    """Per kind of simulated move, logistic weights (over FEATURES + intercept) of the log ratio; the prior."""
 
-    coef: list[float]
+    coef: list[list[float]]
     prior: float
     n_simulated: int
     n_genuine: int
 
     def log_ratio(self, x: np.ndarray) -> np.ndarray:
-        return x @ np.asarray(self.coef[:-1]) + self.coef[-1]
+        """The largest log ratio over the kinds of move (see fit_model)."""
+        c = np.asarray(self.coef)
+        return (x @ c[:, :-1].T + c[:, -1]).max(1)
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         """P(wrong identity) per feature row: exp(log ratio) capped at 1 (NaN rows -> NaN)."""
@@ -56,15 +58,13 @@ class MislabelModel:
 
 
 def features(z: np.ndarray, own: np.ndarray, other: np.ndarray, z_other: np.ndarray, unit: float) -> np.ndarray:
-    """[n, 4] float64: z (fit to the folder in its own spread), own and other cosines in `unit`s (the dataset's
-    typical spread: the fitted weights then compare across embedders), and z_other (how genuine the photo would look
-    in that identity), each clipped to +-CLIP. A missing other identity reads as a poor one."""
-    lo = -CLIP * unit
-    other = np.where(np.isfinite(other), other, np.nanmin(own) if np.isfinite(own).any() else -1.0)
+    """[n, 3] float64: z (fit to the folder in its own spread), margin = (other - own) in `unit`s (the dataset's
+    typical spread, so the numbers compare across embedders) and z_other (how genuine the photo would look in its
+    nearest other identity), each clipped to +-CLIP. A missing other identity reads as a far one."""
+    margin = np.where(np.isfinite(other), (other - own) / unit, -CLIP)
     zo = np.where(np.isfinite(z_other), z_other, -CLIP)
-    out = np.stack([z, own / unit, other / unit, zo], 1)
-    del lo
-    return np.clip(out, -1 / unit - CLIP, 1 / unit + CLIP)
+    out = np.stack([z, margin, zo], 1)
+    return np.clip(np.nan_to_num(out, nan=-CLIP), -CLIP, CLIP)
 
 
 def photo_features(ev: Evidence, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -99,7 +99,7 @@ def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: 
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(np.isfinite(ev.own) & (ev.other_code >= 0))
     if len(pool) == 0 or len(ev.cent_codes) < 3:
-        return np.empty((0, len(FEATURES)))
+        return []
     rows = rng.choice(pool, min(n, len(pool)), replace=False)
     rand = ev.cent_codes[rng.integers(0, len(ev.cent_codes), len(rows))]
     clash = rand == codes[rows]
@@ -110,8 +110,7 @@ def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: 
     near, cos_near = ev.other_code[rows], ev.other[rows]
     # an outsider filed under its most similar identity looks like a genuine hard photo: not a case to learn from
     moves = [(rand, cos_rand, True), (near, cos_near, True), (rand, cos_rand, False)]
-    out = [features_if_moved(ev, codes, rows, to, cos, keep_home=home) for to, cos, home in moves]
-    return np.concatenate(out)
+    return [features_if_moved(ev, codes, rows, to, cos, keep_home=home) for to, cos, home in moves]
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -144,28 +143,35 @@ def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 30) -> np.
     return beta
 
 
-def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, *, seed: int = 0,
-              prior: float = 0.1) -> tuple[MislabelModel, np.ndarray]:
+def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, *, seed: int = 0) -> tuple[
+        MislabelModel, np.ndarray]:
     """Fit the model on the judged `rows` (valid real photos of identities with 2+ photos).
 
-    Positive-unlabelled learning (Elkan & Noto 2008): a logistic g(f) = P(simulated | f) is fitted on the simulated
-    impostors against the dataset's photos; with c = mean g over the simulated ones, a photo's
-    P(wrong | f) = (1 - c) / c * g / (1 - g), capped at 1, and the prior is its mean.
+    Positive-unlabelled learning (Elkan & Noto 2008), once per kind of simulated move: a logistic g(f) = P(simulated |
+    f) is fitted on those impostors against the dataset's photos (mostly genuine, partly wrong); with c = mean g over
+    the simulated ones, P(wrong | f) = (1 - c) / c * g / (1 - g), capped at 1. A photo's probability is the largest
+    over the kinds (a wrong photo is one kind of wrong or another; one boundary per kind, not one for all).
     Returns (model, probability per row of `rows`). With fewer than three identities there is nothing to simulate: the
-    model falls back to the fit to the folder alone (z), with a fixed scale (one spread = one unit of log ratio).
+    model falls back to the fit to the folder alone (z), one spread = one unit of log ratio.
     """
     genuine = photo_features(ev, codes, rows)
-    imp = simulated_impostors(ev, emb, codes, seed=seed)
-    if len(imp) == 0 or len(genuine) == 0:
-        model = MislabelModel([-1.0, 0.0, 0.0, 0.0, -4.0], prior, 0, len(genuine))
+    kinds = simulated_impostors(ev, emb, codes, seed=seed)
+    if not kinds or len(genuine) == 0:
+        model = MislabelModel([[-1.0, 0.0, 0.0, -4.0]], 0.0, 0, len(genuine))
         return model, model.probability(genuine)
-    x = np.vstack([genuine, imp])
-    y = np.concatenate([np.zeros(len(genuine)), np.ones(len(imp))])
-    beta = _logistic(x, y, np.ones(len(x)))
-    g_imp = 1 / (1 + np.exp(-np.clip(np.hstack([imp, np.ones((len(imp), 1))]) @ beta, -50, 50)))
-    c = float(np.clip(g_imp.mean(), 1e-6, 1 - 1e-6))
-    beta[-1] += np.log((1 - c) / c)  # log ratio: logit g + log((1 - c) / c)
-    model = MislabelModel(beta.tolist(), 0.5, len(imp), len(genuine))
+    coefs = []
+    explained = np.zeros(len(genuine))  # P(wrong) by the kinds fitted so far: out of the next kind's genuine side
+    for imp in kinds:
+        x = np.vstack([genuine, imp])
+        y = np.concatenate([np.zeros(len(genuine)), np.ones(len(imp))])
+        w = np.concatenate([1 - explained, np.full(len(imp), (1 - explained).sum() / len(imp))])
+        beta = _logistic(x, y, w)
+        g_imp = 1 / (1 + np.exp(-np.clip(np.hstack([imp, np.ones((len(imp), 1))]) @ beta, -50, 50)))
+        c = float(np.clip(g_imp.mean(), 1e-6, 1 - 1e-6))
+        beta[-1] += np.log((1 - c) / c)  # log ratio: logit g + log((1 - c) / c)
+        coefs.append(beta.tolist())
+        explained = np.maximum(explained, np.exp(np.minimum(np.hstack([genuine, np.ones((len(genuine), 1))]) @ beta, 0)))
+    model = MislabelModel(coefs, 0.0, sum(map(len, kinds)), len(genuine))
     p = model.probability(genuine)
     model.prior = float(p.mean())
     return model, p
