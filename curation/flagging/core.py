@@ -60,7 +60,7 @@ from curation.flagging.graph import (
     take_rows,
 )
 from curation.flagging.evidence import photo_evidence
-from curation.flagging.mislabel import fit_model
+from curation.flagging.mislabel import fit_model, outsider_features
 from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
 from embeddings.device import pick_device
 from labels.cli import UserError
@@ -87,8 +87,8 @@ class FlagConfig:
     exact_max: int = EXACT_MAX
     faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
     chunk_rows: int = CHUNK_ROWS  # photos per chunk of identities in the graph pass (memory, not results)
-    flag_probability: float = 0.5  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
-    outsider_quantile: float = 0.01  # "not in this dataset" below this quantile of the unflagged photos' fit (z)
+    flag_probability: float = 0.7  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
+    outsider_probability: float = 0.7  # a flagged photo is "not in this dataset" at this P (curation.flagging.mislabel)
     seed: int = 0
 
 
@@ -354,12 +354,11 @@ def flag_embeddings(
     outlier = wrong & (comp == -1)
     minority = wrong & (comp != -1)
     flagged_rows = np.flatnonzero(wrong)
-    # the suggestion: the nearest other identity, unless the photo fits it worse than nearly every photo of the
-    # dataset fits its own identity (then its person is in no folder: "not in this dataset")
+    # the suggestion: the nearest other identity, unless the photo fits it like a simulated outsider fits the
+    # identity nearest to it rather than like a moved photo fits its own (then: "not in this dataset")
     z_there = ev.z_at(ev.other, ev.other_code)
-    fit = ev.z[judged_rows][~wrong[judged_rows]]
-    z_cut = float(np.quantile(fit, cfg.outsider_quantile)) if len(fit) else -np.inf
-    elsewhere = np.isfinite(z_there) & (z_there >= z_cut)
+    p_outside = model.outsider(outsider_features(z_there, ev.other, ev.second, ev.unit))
+    elsewhere = np.isfinite(z_there) & (p_outside < cfg.outsider_probability)
     group, group_size = _groups(codes, ev.other_code, flagged_rows, comp, k_ids)
     comp = comp.copy()
     comp[flagged_rows] = np.where(group_size[flagged_rows] > 1, group[flagged_rows], comp[flagged_rows])
@@ -572,7 +571,7 @@ def flag_embeddings(
         "split": {"ratio": cfg.split_ratio, "min_size": cfg.split_min_size},
         "mislabel": model.to_dict() | {"flag_probability": cfg.flag_probability,
                                         "method": "P(wrong identity) from curation.flagging.mislabel",
-                                        "not_in_dataset_z": z_cut},
+},
         "index": {"kind": index_kind, "rows": int(len(cent_codes)), "nprobe": cfg.nprobe},
         "config": asdict(cfg),
     }

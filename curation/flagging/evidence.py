@@ -44,7 +44,8 @@ DOUBT_Z = -1.0  # above it (and past QUERY_ALL_BUDGET) a photo is not searched a
 class Evidence:
     """Evidence per row (NaN / -1 where a row is not judged: fakes, invalid rows, identities of one photo).
 
-    own, z, other, second: float32 [N]; other_code, second_code: int64 [N] identity codes (-1: none);
+    own, z, other, second, third: float32 [N]; other_code, second_code, third_code: int64 [N] identity codes (-1:
+    none) of the three nearest other identities;
     core: bool [N], the rows the centroids are made of; level, spread: float32 [K] per identity code;
     centroids: float32 [Kc, D] unit core centroids of the identities `cent_codes` (int64 [Kc]).
     """
@@ -55,6 +56,8 @@ class Evidence:
     other_code: np.ndarray
     second: np.ndarray
     second_code: np.ndarray
+    third: np.ndarray
+    third_code: np.ndarray
     core: np.ndarray
     level: np.ndarray
     spread: np.ndarray
@@ -165,8 +168,8 @@ def photo_evidence(
     norms = np.linalg.norm(sums, axis=1)
     cent_codes = np.flatnonzero(norms > 1e-6)
     cent = (sums[cent_codes] / norms[cent_codes, None]).astype(np.float32)
-    ev = Evidence(own, z, np.full(n, np.nan, np.float32), np.full(n, -1, np.int64), np.full(n, np.nan, np.float32),
-                  np.full(n, -1, np.int64), core, level.astype(np.float32), spread.astype(np.float32), cent, cent_codes, typical)
+    nan, none = (lambda: np.full(n, np.nan, np.float32)), (lambda: np.full(n, -1, np.int64))
+    ev = Evidence(own, z, nan(), none(), nan(), none(), nan(), none(), core, level.astype(np.float32), spread.astype(np.float32), cent, cent_codes, typical)
     if len(cent_codes) < 2:
         return ev
     query = rows if len(rows) * len(cent_codes) <= QUERY_ALL_BUDGET else rows[~(z[rows] >= DOUBT_Z)]
@@ -177,10 +180,11 @@ def photo_evidence(
 
 
 def best_others(ev: Evidence, emb: np.ndarray, query: np.ndarray, codes: np.ndarray, index, nprobe: int) -> None:
-    """Fill ev.other/other_code/second/second_code for the `query` rows: their two nearest identity centroids other
-    than their own (faiss; the own identity is searched for too and dropped)."""
-    k = min(3, len(ev.cent_codes))
+    """Fill ev.other/second/third (and their codes) for the `query` rows: their three nearest identity centroids
+    other than their own (faiss; the own identity is searched for too and dropped)."""
+    k = min(4, len(ev.cent_codes))
     step = slice_rows(emb.shape[1])
+    slots = ((ev.other, ev.other_code), (ev.second, ev.second_code), (ev.third, ev.third_code))
     for s in range(0, len(query), step):
         part = query[s : s + step]
         x = gather(emb, part, torch.device("cpu"), torch.float32).numpy()
@@ -189,11 +193,9 @@ def best_others(ev: Evidence, emb: np.ndarray, query: np.ndarray, codes: np.ndar
         mine = cc == codes[part][:, None]
         cc = np.where(mine, -1, cc)
         sims = np.where(mine | (cc < 0), -np.inf, sims)
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :2]
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :3]
         top = np.take_along_axis(sims, order, 1)
         topc = np.take_along_axis(cc, order, 1)
-        ev.other[part] = np.where(np.isfinite(top[:, 0]), top[:, 0], np.nan)
-        ev.other_code[part] = topc[:, 0]
-        if top.shape[1] > 1:
-            ev.second[part] = np.where(np.isfinite(top[:, 1]), top[:, 1], np.nan)
-            ev.second_code[part] = topc[:, 1]
+        for j, (cos, code) in enumerate(slots[: top.shape[1]]):
+            cos[part] = np.where(np.isfinite(top[:, j]), top[:, j], np.nan)
+            code[part] = topc[:, j]

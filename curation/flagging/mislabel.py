@@ -41,6 +41,7 @@ class MislabelModel:
 
     coef: list[list[float]]
     prior: float
+    outsider_coef: list[float]  # logistic over outsider_features: P(a wrong photo's person is in no folder)
     n_simulated: int
     n_genuine: int
 
@@ -52,6 +53,11 @@ class MislabelModel:
     def probability(self, x: np.ndarray) -> np.ndarray:
         """P(wrong identity) per feature row: exp(log ratio) capped at 1 (NaN rows -> NaN)."""
         return np.exp(np.minimum(self.log_ratio(x), 0.0)).astype(np.float32)
+
+    def outsider(self, x: np.ndarray) -> np.ndarray:
+        """P(the person is in no folder) per row of outsider_features."""
+        c = np.asarray(self.outsider_coef)
+        return 1 / (1 + np.exp(-np.clip(x @ c[:-1] + c[-1], -50, 50)))
 
     def to_dict(self) -> dict:
         return asdict(self) | {"features": list(FEATURES)}
@@ -72,6 +78,20 @@ def photo_features(ev: Evidence, codes: np.ndarray, rows: np.ndarray) -> np.ndar
     return features(ev.z[rows], ev.own[rows], ev.other[rows], ev.z_at(ev.other[rows], ev.other_code[rows]), ev.unit)
 
 
+def _best_two(ev: Evidence, codes: np.ndarray, rows: np.ndarray, to: np.ndarray, keep_home: bool):
+    """Per row, the two best identities other than `to` among its own (if keep_home) and its nearest others:
+    (best cosine, its code, second cosine); -inf / -1 where missing."""
+    cands = [(ev.other, ev.other_code), (ev.second, ev.second_code), (ev.third, ev.third_code)]
+    if keep_home:
+        cands.insert(0, (ev.own, codes))
+    cos = np.stack([c[rows] for c, _ in cands], 1).astype(np.float64)
+    code = np.stack([k[rows] for _, k in cands], 1)
+    cos = np.where(np.isfinite(cos) & (code >= 0) & (code != to[:, None]), cos, -np.inf)
+    order = np.argsort(-cos, axis=1, kind="stable")[:, :2]
+    top = np.take_along_axis(cos, order, 1)
+    return top[:, 0], np.take_along_axis(code, order, 1)[:, 0], top[:, 1]
+
+
 def features_if_moved(ev: Evidence, codes: np.ndarray, rows: np.ndarray, to: np.ndarray, cos_to: np.ndarray,
                       *, keep_home: bool = True) -> np.ndarray:
     """The features `rows` would have if filed under identity `to` (cosine to its centroid `cos_to`).
@@ -79,17 +99,16 @@ def features_if_moved(ev: Evidence, codes: np.ndarray, rows: np.ndarray, to: np.
     Their best other identity is then the best of: their own identity (their leave-one-out `own`; only when keep_home,
     else the person is not in the dataset), and their nearest other identities that are not `to`.
     """
-    cands = [(ev.other, ev.other_code), (ev.second, ev.second_code)]
-    if keep_home:
-        cands.insert(0, (ev.own, codes))
-    best = np.full(len(rows), -np.inf)
-    best_c = np.full(len(rows), -1, np.int64)
-    for cos, code in cands:
-        c, k = cos[rows], code[rows]
-        ok = np.isfinite(c) & (k >= 0) & (k != to) & (c > best)
-        best, best_c = np.where(ok, c, best), np.where(ok, k, best_c)
+    best, best_c, _ = _best_two(ev, codes, rows, to, keep_home)
     best = np.where(np.isfinite(best), best, np.nan)
     return features(ev.z_at(cos_to, to), cos_to, best, ev.z_at(best, best_c), ev.unit)
+
+
+def outsider_features(z_best: np.ndarray, best: np.ndarray, second: np.ndarray, unit: float) -> np.ndarray:
+    """[n, 2]: how genuine a wrong photo looks in its best other identity (z), and how far that identity stands out
+    from the next one (in units): a moved photo's own person stands out, an outsider's nearest strangers do not."""
+    gap = np.where(np.isfinite(second) & np.isfinite(best), (best - second) / unit, CLIP)
+    return np.clip(np.nan_to_num(np.stack([z_best, gap], 1), nan=-CLIP), -CLIP, CLIP)
 
 
 def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: int = N_SIMULATED,
@@ -110,17 +129,24 @@ def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: 
     near, cos_near = ev.other_code[rows], ev.other[rows]
     # an outsider filed under its most similar identity looks like a genuine hard photo: not a case to learn from
     moves = [(rand, cos_rand, True), (near, cos_near, True), (rand, cos_rand, False)]
-    return [features_if_moved(ev, codes, rows, to, cos, keep_home=home) for to, cos, home in moves]
+    out = []
+    for to, cos, home in moves:
+        best, best_c, second = _best_two(ev, codes, rows, to, home)
+        best = np.where(np.isfinite(best), best, np.nan)
+        z_best = ev.z_at(best, best_c)
+        out.append((features(ev.z_at(cos, to), cos, best, z_best, ev.unit),
+                    outsider_features(z_best, best, np.where(np.isfinite(second), second, np.nan), ev.unit)))
+    return out
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, signs=SIGNS) -> np.ndarray:
     """Weighted logistic regression whose coefficients keep SIGNS (a feature fitted against its sign is dropped and
     the rest refitted); returns [coef..., intercept]."""
     use = np.ones(x.shape[1], bool)
     while True:
         beta = np.zeros(x.shape[1] + 1)
         beta[np.append(use, True)] = _newton(x[:, use], y, w)
-        bad = use & (np.sign(beta[:-1]) * np.asarray(SIGNS) < 0)
+        bad = use & (np.sign(beta[:-1]) * np.asarray(signs) < 0)
         if not bad.any():
             return beta
         use &= ~bad
@@ -157,11 +183,11 @@ def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray
     genuine = photo_features(ev, codes, rows)
     kinds = simulated_impostors(ev, emb, codes, seed=seed)
     if not kinds or len(genuine) == 0:
-        model = MislabelModel([[-1.0, 0.0, 0.0, -4.0]], 0.0, 0, len(genuine))
+        model = MislabelModel([[-1.0, 0.0, 0.0, -4.0]], 0.0, [0.0, 0.0, -10.0], 0, len(genuine))
         return model, model.probability(genuine)
     coefs = []
     explained = np.zeros(len(genuine))  # P(wrong) by the kinds fitted so far: out of the next kind's genuine side
-    for imp in kinds:
+    for imp, _ in kinds:
         x = np.vstack([genuine, imp])
         y = np.concatenate([np.zeros(len(genuine)), np.ones(len(imp))])
         w = np.concatenate([1 - explained, np.full(len(imp), (1 - explained).sum() / len(imp))])
@@ -171,7 +197,11 @@ def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray
         beta[-1] += np.log((1 - c) / c)  # log ratio: logit g + log((1 - c) / c)
         coefs.append(beta.tolist())
         explained = np.maximum(explained, np.exp(np.minimum(np.hstack([genuine, np.ones((len(genuine), 1))]) @ beta, 0)))
-    model = MislabelModel(coefs, 0.0, sum(map(len, kinds)), len(genuine))
+    inside, outside = kinds[0][1], kinds[2][1]
+    xo = np.vstack([inside, outside])
+    yo = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
+    out_coef = _logistic(xo, yo, np.ones(len(xo)), signs=(-1, -1)).tolist()
+    model = MislabelModel(coefs, 0.0, out_coef, sum(len(k[0]) for k in kinds), len(genuine))
     p = model.probability(genuine)
     model.prior = float(p.mean())
     return model, p
