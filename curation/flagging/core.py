@@ -87,7 +87,7 @@ class FlagConfig:
     exact_max: int = EXACT_MAX
     faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
     chunk_rows: int = CHUNK_ROWS  # photos per chunk of identities in the graph pass (memory, not results)
-    flag_probability: float = 0.7  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
+    flag_probability: float = 0.5  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
     outsider_probability: float = 0.7  # a flagged photo is "not in this dataset" at this P (curation.flagging.mislabel)
     seed: int = 0
 
@@ -350,7 +350,8 @@ def flag_embeddings(
     model, p = fit_model(ev, emb, codes, judged_rows, seed=cfg.seed)
     prob = np.full(n, np.nan, np.float32)
     prob[judged_rows] = p
-    wrong = prob >= cfg.flag_probability
+    # all-identical photos (see the message above): no fit means anything, so no photo is called wrong
+    wrong = (prob >= cfg.flag_probability) & ~(edge.method == "target_fmr" and edge.value > 0.999)
     outlier = wrong & (comp == -1)
     minority = wrong & (comp != -1)
     flagged_rows = np.flatnonzero(wrong)

@@ -267,7 +267,9 @@ def _big_identity(emb, rows, frows, threshold, dev, dtype, block_elems):
         sims[torch.arange(len(ar), device=dev), ar] = -torch.inf
         degree[s : s + step] = (sims >= threshold).sum(1).cpu().numpy()
         upper = torch.arange(n, device=dev)[None, :] > ar[:, None]
-        hist += torch.histc(sims[upper].clamp(-1, 1).double().cpu(), bins=len(HIST_EDGES) - 1, min=-1, max=1)
+        # each pair once: the rest is moved out of the histogram's range (histc ignores it), nothing is copied out
+        hist += torch.histc(sims.clamp(-1, 1).masked_fill_(~upper, 3.0), bins=len(HIST_EDGES) - 1, min=-1,
+                            max=1).double().cpu()
         val, idx = sims.topk(k, dim=1)
         keep = (val >= threshold).cpu().numpy()
         src = np.repeat(ar.cpu().numpy()[:, None], k, 1)

@@ -119,7 +119,7 @@ def simulated_impostors(ev: Evidence, emb: np.ndarray, codes: np.ndarray, *, n: 
     pool = np.flatnonzero(np.isfinite(ev.own) & (ev.other_code >= 0))
     if len(pool) == 0 or len(ev.cent_codes) < 3:
         return []
-    rows = rng.choice(pool, min(n, len(pool)), replace=False)
+    rows = rng.choice(pool, min(n, 20 * len(pool)), replace=len(pool) < n)  # a small set: each photo moved often
     rand = ev.cent_codes[rng.integers(0, len(ev.cent_codes), len(rows))]
     clash = rand == codes[rows]
     rand[clash] = ev.other_code[rows[clash]]
@@ -162,7 +162,7 @@ def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 30) -> np.
         p = 1 / (1 + np.exp(-np.clip(xb @ beta, -50, 50)))
         g = xb.T @ (w * (p - y)) + ridge @ beta
         h = (xb * (w * p * (1 - p))[:, None]).T @ xb + ridge
-        step = np.linalg.solve(h, g)
+        step = np.linalg.lstsq(h, g, rcond=None)[0]  # singular when a feature is constant (identical photos)
         beta -= step
         if np.abs(step).max() < 1e-6:
             break
