@@ -570,7 +570,7 @@ def flag_embeddings(
             "impostor_mean": imp_mean,
         },
         "split": {"ratio": cfg.split_ratio, "min_size": cfg.split_min_size},
-        "mislabel": model.to_dict() | {"flag_probability": cfg.flag_probability,
+        "mislabel": model.to_dict() | {"value": cfg.flag_probability, "flag_probability": cfg.flag_probability,
                                         "method": "P(wrong identity) from curation.flagging.mislabel",
 },
         "index": {"kind": index_kind, "rows": int(len(cent_codes)), "nprobe": cfg.nprobe},

@@ -88,8 +88,9 @@ SEVERITY: dict[str, float] = {
 # Which report threshold a flag's score is compared with (see curation.flagging for what each score is); kinds not
 # listed compare their cosine with the edge threshold. Scores of RELATIVE kinds are not cosines: their distance to the
 # threshold is measured in units of half the threshold instead of the impostor spread.
-KIND_THRESHOLD: dict[str, str] = {"merge": "merge", "duplicate": "duplicate", "split": "split"}
-RELATIVE: tuple[str, ...] = ("merge", "split")
+KIND_THRESHOLD: dict[str, str] = {"merge": "merge", "duplicate": "duplicate", "split": "split",
+                                  "outlier": "mislabel", "minority": "mislabel"}  # P(wrong identity) vs the flag level
+RELATIVE: tuple[str, ...] = ("merge", "split", "outlier", "minority")
 assert set(SEVERITY) == set(FLAG_KINDS), "every flag kind needs a severity"
 
 
