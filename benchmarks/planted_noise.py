@@ -61,9 +61,11 @@ def source_flags(emb, identity, paths) -> set:
     return set(paths[rows])
 
 
-def run_pattern(emb, identity, paths, pattern: str, seed: int, out: Path, min_photos: int, known: set) -> dict:
+def run_pattern(emb, identity, paths, pattern: str, seed: int, out: Path, min_photos: int, known: set,
+                label: str | None = None) -> dict:
     planted = plant_pattern(identity, emb, pattern, seed=seed, min_photos=min_photos)
-    case = out / f"{pattern}-seed{seed}"
+    label = label or pattern
+    case = out / f"{label}-seed{seed}"
     case.mkdir(parents=True, exist_ok=True)
     x = emb[planted.rows]
     np.save(case / "emb.npy", x)
@@ -88,7 +90,7 @@ def run_pattern(emb, identity, paths, pattern: str, seed: int, out: Path, min_ph
                   planted.in_dataset[scored])
     s_known = score_flags(sub, flagged[scored], suggested[scored])
     b_known = oracle_baseline(x[scored], sub)
-    return {"pattern": pattern, "seed": seed, "project": s, "baseline": b, "project_clean_source": s_known,
+    return {"pattern": label, "seed": seed, "project": s, "baseline": b, "project_clean_source": s_known,
             "baseline_clean_source": b_known, "left_out": int((~scored).sum()), "seconds": seconds}
 
 
@@ -131,7 +133,7 @@ def main() -> None:
     for pattern in args.patterns:
         for seed in args.seeds:
             if pattern == "aligned":
-                results.append(run_pattern(*glint, "random10", seed, out, 5, known_glint) | {"pattern": "aligned"})
+                results.append(run_pattern(*glint, "random10", seed, out, 5, known_glint, label="aligned"))
             else:
                 results.append(run_pattern(*lfw, pattern, seed, out, 10, known_lfw))
     files = [files_demo(Path(args.lfw), out, args.model, s, cache / f"lfw-{tag}" / "cache") for s in args.seeds
