@@ -361,8 +361,8 @@ def flag_embeddings(
     p_outside = model.outsider(outsider_features(z_there, ev.other, ev.second, ev.unit))
     elsewhere = np.isfinite(z_there) & (p_outside < cfg.outsider_probability)
     group, group_size = _groups(codes, ev.other_code, flagged_rows, comp, k_ids)
-    comp = comp.copy()
-    comp[flagged_rows] = np.where(group_size[flagged_rows] > 1, group[flagged_rows], comp[flagged_rows])
+    shown = comp.copy()  # the component a reviewer sees: a group of 2+ flagged photos is one of its own
+    shown[flagged_rows] = np.where(group_size[flagged_rows] > 1, group[flagged_rows], comp[flagged_rows])
     timings["evidence"] = time.perf_counter() - t0
     n_main = ident["n_main"].to_numpy()
     second = ident["second_size"].to_numpy()
@@ -409,6 +409,7 @@ def flag_embeddings(
         med = np.nanmedian(within) if np.isfinite(within).any() else 1.0
         merge_t = 0.5 * float(med)
     index_kind = "none"
+    merged: set[tuple[int, int]] = set()  # identity code pairs flagged merge (one person under two labels)
     if len(cent_codes) >= 2:
         index_kind = cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max)
         index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed)
@@ -466,6 +467,8 @@ def flag_embeddings(
         ca, cb = pairs[:, 0], pairs[:, 1]
         density, _, best, arg_l, arg_r = _cross(emb, main_seg, ca, main_seg, cb, t, dev)
         for i in np.flatnonzero(density >= merge_t):
+            merged.add((int(ca[i]), int(cb[i])))
+            merged.add((int(cb[i]), int(ca[i])))
             small, big = (ca[i], cb[i]) if n_main[ca[i]] <= n_main[cb[i]] else (cb[i], ca[i])
             flag_rows_list.append(
                 dict(row=-1, identity=names[small], flag="merge", component=None, suggested_identity=names[big],
@@ -486,11 +489,13 @@ def flag_embeddings(
     # ---- assemble -----------------------------------------------------------------------------------------------
     for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
         for row in rows:
+            if (int(codes[row]), int(ev.other_code[row])) in merged:
+                continue  # it looks like its folder's merge partner: the merge flag says so for the whole folder
             other = int(ev.other_code[row])
             sugg = names[other] if elsewhere[row] else None
             suggested[row] = sugg
             flag_rows_list.append(
-                dict(row=int(row), identity=names[codes[row]], flag=kind, component=int(comp[row]),
+                dict(row=int(row), identity=names[codes[row]], flag=kind, component=int(shown[row]),
                      suggested_identity=sugg, score=float(prob[row]),
                      details={"own_cosine": _num(ev.own[row]), "z": _num(ev.z[row]),
                               "nearest_identity": names[other] if other >= 0 else None,
@@ -524,7 +529,7 @@ def flag_embeddings(
             "identity": np.where(codes >= 0, names[np.maximum(codes, 0)], None) if k_ids else np.full(n, None),
             "is_fake": is_fake,
             "valid": valid,
-            "component": comp,
+            "component": shown,
             "degree": g.degree,
             "sim_to_main": g.sim_to_main,
             "best_to_main": g.best_to_main,
