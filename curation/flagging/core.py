@@ -409,7 +409,6 @@ def flag_embeddings(
         med = np.nanmedian(within) if np.isfinite(within).any() else 1.0
         merge_t = 0.5 * float(med)
     index_kind = "none"
-    merged: set[tuple[int, int]] = set()  # identity code pairs flagged merge (one person under two labels)
     if len(cent_codes) >= 2:
         index_kind = cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max)
         index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed)
@@ -467,8 +466,6 @@ def flag_embeddings(
         ca, cb = pairs[:, 0], pairs[:, 1]
         density, _, best, arg_l, arg_r = _cross(emb, main_seg, ca, main_seg, cb, t, dev)
         for i in np.flatnonzero(density >= merge_t):
-            merged.add((int(ca[i]), int(cb[i])))
-            merged.add((int(cb[i]), int(ca[i])))
             small, big = (ca[i], cb[i]) if n_main[ca[i]] <= n_main[cb[i]] else (cb[i], ca[i])
             flag_rows_list.append(
                 dict(row=-1, identity=names[small], flag="merge", component=None, suggested_identity=names[big],
@@ -489,8 +486,6 @@ def flag_embeddings(
     # ---- assemble -----------------------------------------------------------------------------------------------
     for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
         for row in rows:
-            if (int(codes[row]), int(ev.other_code[row])) in merged:
-                continue  # it looks like its folder's merge partner: the merge flag says so for the whole folder
             other = int(ev.other_code[row])
             sugg = names[other] if elsewhere[row] else None
             suggested[row] = sugg
