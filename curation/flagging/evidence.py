@@ -37,7 +37,9 @@ CORE_FRACTION = 0.6  # share of an identity's photos its centroid is made of (ro
 SPREAD_PRIOR = 5.0  # weight, in photos, of the dataset's typical spread in each identity's spread
 MIN_SPREAD = 1e-3  # floor of a spread (all-identical embeddings would otherwise divide by zero)
 QUERY_ALL_BUDGET = 4e9  # photos x centroids at or below which every photo is searched, not only the doubtful ones
-DOUBT_Z = -1.0  # above it (and past QUERY_ALL_BUDGET) a photo is not searched across identities: it fits its folder
+NEIGHBOUR_Z = -0.5  # past QUERY_ALL_BUDGET: below this fit, compared with the folder's nearest identities ...
+DOUBT_Z = -2.0  # ... and below this one, searched among all identities
+NEIGHBOURS = 8
 
 
 @dataclass
@@ -172,11 +174,57 @@ def photo_evidence(
     ev = Evidence(own, z, nan(), none(), nan(), none(), nan(), none(), core, level.astype(np.float32), spread.astype(np.float32), cent, cent_codes, typical)
     if len(cent_codes) < 2:
         return ev
-    query = rows if len(rows) * len(cent_codes) <= QUERY_ALL_BUDGET else rows[~(z[rows] >= DOUBT_Z)]
     index = build_index(cent, factory=factory or plan_index(len(cent_codes), exact_max=exact_max), nprobe=nprobe,
                         use_gpu=use_gpu, seed=seed)
-    best_others(ev, emb, query, codes, index, nprobe)
+    if len(rows) * len(cent_codes) <= QUERY_ALL_BUDGET:
+        best_others(ev, emb, rows, codes, index, nprobe)
+        return ev
+    # Past the budget, two cheaper paths: every photo that fits its folder less than usual is compared exactly with
+    # the centroids of its folder's NEIGHBOURS nearest identities (where a lookalike's person is), and only the
+    # clearly doubtful ones are searched among all identities (a random move's person is anywhere)
+    _neighbour_others(ev, emb, rows[z[rows] < NEIGHBOUR_Z], codes, index, nprobe)
+    best_others(ev, emb, rows[z[rows] < DOUBT_Z], codes, index, nprobe)
     return ev
+
+
+def _merge_top(ev: Evidence, part: np.ndarray, cos: np.ndarray, code: np.ndarray) -> None:
+    """Keep, per row of `part`, the three best of its current other/second/third and the new candidates."""
+    slots = ((ev.other, ev.other_code), (ev.second, ev.second_code), (ev.third, ev.third_code))
+    allc = np.concatenate([np.stack([np.nan_to_num(c[part], nan=-np.inf) for c, _ in slots], 1), cos], 1)
+    allk = np.concatenate([np.stack([k[part] for _, k in slots], 1), code], 1)
+    allc = np.where(allk >= 0, allc, -np.inf)
+    # the same identity may come twice (found by both paths): sort by code, drop repeats, then by cosine
+    by_code = np.argsort(allk, axis=1, kind="stable")
+    sk, sc = np.take_along_axis(allk, by_code, 1), np.take_along_axis(allc, by_code, 1)
+    repeat = np.zeros_like(sk, bool)
+    repeat[:, 1:] = sk[:, 1:] == sk[:, :-1]
+    sc = np.where(repeat, -np.inf, sc)
+    top = np.argsort(-sc, axis=1, kind="stable")[:, :3]
+    for j, (c, k) in enumerate(slots):
+        v = np.take_along_axis(sc, top[:, j : j + 1], 1)[:, 0]
+        c[part] = np.where(np.isfinite(v), v, np.nan)
+        k[part] = np.where(np.isfinite(v), np.take_along_axis(sk, top[:, j : j + 1], 1)[:, 0], -1)
+
+
+def _neighbour_others(ev: Evidence, emb: np.ndarray, rows: np.ndarray, codes: np.ndarray, index, nprobe: int) -> None:
+    """Exact cosines of `rows` to the centroids of their identity's NEIGHBOURS nearest identities."""
+    if len(rows) == 0:
+        return
+    m = min(NEIGHBOURS + 1, len(ev.cent_codes))
+    _, nb = knn(index, ev.centroids, m, nprobe=nprobe)
+    row_of = np.full(len(ev.level), -1, np.int64)
+    row_of[ev.cent_codes] = np.arange(len(ev.cent_codes))
+    step = max(1, slice_rows(emb.shape[1]) // m)
+    cent = torch.from_numpy(ev.centroids)
+    for s in range(0, len(rows), step):
+        part = rows[s : s + step]
+        own_c = row_of[codes[part]]
+        cand = np.where(own_c[:, None] >= 0, nb[np.maximum(own_c, 0)], -1)  # centroid rows, own among them
+        cand_code = np.where(cand >= 0, ev.cent_codes[np.maximum(cand, 0)], -1)
+        cand_code = np.where(cand_code == codes[part][:, None], -1, cand_code)
+        x = gather(emb, part, torch.device("cpu"), torch.float32)
+        cos = torch.einsum("nd,nmd->nm", x, cent[torch.from_numpy(np.maximum(cand, 0))]).numpy()
+        _merge_top(ev, part, np.where(cand_code >= 0, cos, -np.inf), cand_code)
 
 
 def best_others(ev: Evidence, emb: np.ndarray, query: np.ndarray, codes: np.ndarray, index, nprobe: int) -> None:
@@ -184,7 +232,6 @@ def best_others(ev: Evidence, emb: np.ndarray, query: np.ndarray, codes: np.ndar
     other than their own (faiss; the own identity is searched for too and dropped)."""
     k = min(4, len(ev.cent_codes))
     step = slice_rows(emb.shape[1])
-    slots = ((ev.other, ev.other_code), (ev.second, ev.second_code), (ev.third, ev.third_code))
     for s in range(0, len(query), step):
         part = query[s : s + step]
         x = gather(emb, part, torch.device("cpu"), torch.float32).numpy()
@@ -193,9 +240,4 @@ def best_others(ev: Evidence, emb: np.ndarray, query: np.ndarray, codes: np.ndar
         mine = cc == codes[part][:, None]
         cc = np.where(mine, -1, cc)
         sims = np.where(mine | (cc < 0), -np.inf, sims)
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :3]
-        top = np.take_along_axis(sims, order, 1)
-        topc = np.take_along_axis(cc, order, 1)
-        for j, (cos, code) in enumerate(slots[: top.shape[1]]):
-            cos[part] = np.where(np.isfinite(top[:, j]), top[:, j], np.nan)
-            code[part] = topc[:, j]
+        _merge_top(ev, part, sims, cc)

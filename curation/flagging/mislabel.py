@@ -1,22 +1,25 @@
-"""One calibrated probability per photo that it is filed under the wrong identity, from curation.flagging.evidence.
+"""One probability per photo that it is filed under the wrong identity, from curation.flagging.evidence.
 
 Why a fitted model and not hand-set thresholds: what a cosine means depends on the embedder and on the dataset (dlib
 puts strangers at 0.8, AdaFace near 0), and how far "unusual for this folder" (z) and "closer to another identity"
-(margin) should each count is an empirical matter. Both distributions are estimated from the data itself:
+(margin) should each count is an empirical matter. So both sides are taken from the data itself:
 
-- impostors are *simulated*: a sample of core photos is moved, on paper, into another identity (a random one, and the
-  photo's nearest other identity, i.e. a lookalike), with and without its true identity left in the dataset (an
-  outsider), and its features are recomputed as they would read there. No photo is touched; every cosine needed is
-  already in the evidence or is one dot product with a centroid;
-- genuine photos are the dataset's own photos, each weighted by how genuine the current fit believes it to be (EM: the
-  weights and the estimated share of wrong photos, the prior, are refined a few rounds).
+- impostors are *simulated*: photos are moved, on paper, into a random other identity, into their nearest other
+  identity (a lookalike), and into a random identity with their own person gone from the dataset (an outsider), and
+  their features are recomputed as they would read there. No photo is touched; every cosine needed is already in the
+  evidence or is one dot product with a centroid. (An outsider filed under its most similar identity looks like a
+  genuine hard photo, so it is not a case to learn from.);
+- the other side is the dataset's own photos: mostly genuine, partly wrong (positive-unlabelled learning).
 
-A weighted logistic regression on the features (`FEATURES`) then gives the log likelihood ratio impostor : genuine,
-and Bayes' rule with the estimated prior gives the probability. `p >= 0.5` is a flag.
+Per kind of move, in turn, a sign-constrained logistic g(f) = P(simulated | f) is fitted against the photos the earlier
+kinds leave unexplained; Elkan & Noto (2008): with c = mean g over the simulated photos, P(wrong | f) = (1 - c) / c *
+g / (1 - g), capped at 1. A photo's probability is the largest over the kinds (one linear boundary per kind: "wrong" is
+an OR of them). A second logistic, on simulated moved photos vs simulated outsiders, gives P(the person has no folder)
+from how well a flagged photo fits its nearest other identity and how far that identity stands out from the next.
 
 Example:
-    >>> model = fit_model(ev, emb, codes, seed=0)
-    >>> p = model.probability(photo_features(ev))
+    >>> model, p = fit_model(ev, emb, codes, judged_rows)
+    >>> p_again = model.probability(photo_features(ev, codes, judged_rows))
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ FEATURES = ("z", "margin", "z_other")  # see features
 SIGNS = (-1, 1, 1)  # the direction each feature may push towards "wrong": a fit against it is noise, and is dropped
 CLIP = 40.0
 N_SIMULATED = 20_000  # core photos moved on paper per kind of move
-EM_ROUNDS = 1
 RIDGE = 1e-3
+MAX_FIT = 100_000  # dataset photos the logistics are fitted on (a random sample beyond it)
 
 
 @dataclass
@@ -185,6 +188,12 @@ def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray
     if not kinds or len(genuine) == 0:
         model = MislabelModel([[-1.0, 0.0, 0.0, -4.0]], 0.0, [0.0, 0.0, -10.0], 0, len(genuine))
         return model, model.probability(genuine)
+    rng = np.random.default_rng(seed)
+    if len(genuine) > MAX_FIT:  # a million photos: fit on a random sample of them, weighted back to the whole
+        fit_rows = rng.choice(len(genuine), MAX_FIT, replace=False)
+        all_genuine, genuine = genuine, genuine[fit_rows]
+    else:
+        all_genuine = genuine
     coefs = []
     explained = np.zeros(len(genuine))  # P(wrong) by the kinds fitted so far: out of the next kind's genuine side
     for imp, _ in kinds:
@@ -201,7 +210,7 @@ def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray
     xo = np.vstack([inside, outside])
     yo = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
     out_coef = _logistic(xo, yo, np.ones(len(xo)), signs=(-1, -1)).tolist()
-    model = MislabelModel(coefs, 0.0, out_coef, sum(len(k[0]) for k in kinds), len(genuine))
-    p = model.probability(genuine)
+    model = MislabelModel(coefs, 0.0, out_coef, sum(len(k[0]) for k in kinds), len(all_genuine))
+    p = model.probability(all_genuine)
     model.prior = float(p.mean())
     return model, p
