@@ -88,6 +88,7 @@ class FlagConfig:
     faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
     chunk_rows: int = CHUNK_ROWS  # photos per chunk of identities in the graph pass (memory, not results)
     flag_probability: float = 0.5  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
+    merge_fit_z: float = -2.0  # a photo this typical of its folder is not flagged for looking like its merge partner
     outsider_probability: float = 0.7  # a flagged photo is "not in this dataset" at this P (curation.flagging.mislabel)
     seed: int = 0
 
@@ -409,6 +410,7 @@ def flag_embeddings(
         med = np.nanmedian(within) if np.isfinite(within).any() else 1.0
         merge_t = 0.5 * float(med)
     index_kind = "none"
+    merged: set[tuple[int, int]] = set()  # identity code pairs flagged merge (one person under two labels)
     if len(cent_codes) >= 2:
         index_kind = cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max)
         index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed)
@@ -466,6 +468,7 @@ def flag_embeddings(
         ca, cb = pairs[:, 0], pairs[:, 1]
         density, _, best, arg_l, arg_r = _cross(emb, main_seg, ca, main_seg, cb, t, dev)
         for i in np.flatnonzero(density >= merge_t):
+            merged.update({(int(ca[i]), int(cb[i])), (int(cb[i]), int(ca[i]))})
             small, big = (ca[i], cb[i]) if n_main[ca[i]] <= n_main[cb[i]] else (cb[i], ca[i])
             flag_rows_list.append(
                 dict(row=-1, identity=names[small], flag="merge", component=None, suggested_identity=names[big],
@@ -486,6 +489,8 @@ def flag_embeddings(
     # ---- assemble -----------------------------------------------------------------------------------------------
     for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
         for row in rows:
+            if ev.z[row] >= cfg.merge_fit_z and (int(codes[row]), int(ev.other_code[row])) in merged:
+                continue  # it fits its folder and looks like the folder's merge partner: the merge flag covers it
             other = int(ev.other_code[row])
             sugg = names[other] if elsewhere[row] else None
             suggested[row] = sugg
