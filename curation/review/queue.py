@@ -103,10 +103,12 @@ def flag_worth(flags: pd.DataFrame, summary: ReportSummary) -> np.ndarray:
     """
     edge = summary.thresholds.get("edge")
     t_of = {k: summary.thresholds.get(name, edge) for k, name in KIND_THRESHOLD.items()}
+    # a report from before probabilities scored outlier/minority by a cosine: those compare with the edge as cosines
+    relative = set(RELATIVE) - ({"outlier", "minority"} if "mislabel" not in summary.thresholds else set())
 
     def per_kind(k: str) -> tuple[float, float, float]:  # severity, threshold, scale^2 (None -> NaN)
         t = t_of.get(k, edge)
-        s2 = ((t / 2) ** 2 if t else None) if k in RELATIVE else summary.impostor_spread**2
+        s2 = ((t / 2) ** 2 if t else None) if k in relative else summary.impostor_spread**2
         return SEVERITY.get(k, 1.0), t, s2
 
     codes, kinds = pd.factorize(flags.kind)
