@@ -3,9 +3,11 @@
 This is the whole cleaning method, independent of files, stores and embedders (curation.clean feeds it; the scale
 benchmark feeds it synthetic arrays):
 1. calibrate the edge threshold from cross-identity pairs (curation.flagging.calibrate), unless the user set one;
-2. per identity, a similarity graph of its real photos (curation.flagging.graph): isolated -> `outlier`, outside the largest
-   component -> `minority`, two big components -> `split`; a deepfake whose best similarity to the main component is
-   below the threshold -> `fake_mismatch`;
+2. per identity, a similarity graph of its real photos (curation.flagging.graph): two big components -> `split`; a
+   deepfake whose best similarity to the main component is below the threshold -> `fake_mismatch`;
+   per photo, evidence (curation.flagging.evidence) and P(wrong identity) (curation.flagging.mislabel): at >= 0.5 the
+   photo is flagged `outlier` (no edge in its graph) or `minority`, with the nearest other identity as suggestion or
+   none ("not in this dataset"); flagged photos of one folder with the same nearest identity are one group;
 3. across identities, faiss over identity centroids (curation.flagging.search): the most likely true identity of every
    outlier/minority photo (`suggested_identity`), identity pairs whose photos match like one person's -> `merge`, and
    near-identical photos under two identities -> `duplicate`.
@@ -16,7 +18,7 @@ flagged photo (and every single-photo identity) with the main photos of its near
 every merge candidate with each other: exact cosines on a few rows each, instead of a million-row photo index.
 
 `score` per flag kind (higher is not always "more sure"; the unit is a cosine unless said):
-outlier / minority: mean cosine to the identity's main component (low = clearly someone else);
+outlier / minority: P(wrong identity) (the evidence, e.g. own_cosine, z, nearest_identity, in `details`);
 fake_mismatch: best cosine to a main-component photo; split: size of the 2nd component / size of the largest;
 merge: share of cross pairs joined by an edge; duplicate: cosine of the two photos.
 
