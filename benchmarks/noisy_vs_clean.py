@@ -195,13 +195,15 @@ def noisy_dataset(train: dict, noisy_identity: np.ndarray, out: Path, fakes_root
     (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
-def cleaned_labels(work: Path, train: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(identity, kept) per training photo after `curation.clean` with every open flag applied, no human: exactly the
-    labels `labels.export --unreviewed apply` writes. Photos are matched by file name (unique in the sample)."""
+def cleaned_labels(work: Path, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(identity, kept) per photo after `curation.clean` with every open flag applied, no human: exactly the labels
+    `labels.export --unreviewed apply` writes. `keys` are the photos' "<folder>/<file>" in the noisy dataset (file
+    names alone repeat: every identity has a fake_swap_00.jpg)."""
     with LabelStore.open(work) as store:
         labels = effective_labels(store, "apply")
-    by_file = {Path(p).name: (i, not r) for p, i, r in zip(labels["path"], labels["identity"], labels["removed"])}
-    got = [by_file.get(k.split("/")[1], ("", False)) for k in train["key"]]
+    by_key = {"/".join(Path(p).parts[-2:]): (i, not r)
+              for p, i, r in zip(labels["path"], labels["identity"], labels["removed"])}
+    got = [by_key.get(k, ("", False)) for k in keys]
     return np.array([g[0] for g in got]), np.array([g[1] for g in got])
 
 
@@ -460,10 +462,11 @@ def main() -> None:
         outcome = clean_dataset(out / "noisy", out / "work", model=f"onnx:{model_path}", device=str(device),
                                 options=EmbedOptions(workers=args.workers))
         print(format_summary(outcome))
-        cleaned, kept = cleaned_labels(out / "work", train)
-        pd.DataFrame({"key": train["key"], "true": train["identity"], "noisy": noisy, "noise": noise_kind,
-                      "cleaned": cleaned, "cleaned_kept": kept}).to_csv(labels_file, index=False)
+        pd.DataFrame({"key": train["key"], "true": train["identity"], "noisy": noisy,
+                      "noise": noise_kind}).to_csv(labels_file, index=False)
     labels = pd.read_csv(labels_file, keep_default_na=False)
+    noisy_keys = [f"{ident}/{key.split('/')[1]}" for ident, key in zip(labels["noisy"], labels["key"])]
+    labels["cleaned"], labels["cleaned_kept"] = cleaned_labels(out / "work", np.array(noisy_keys))
     conditions = {
         "noisy": (labels["noisy"].to_numpy(), np.ones(len(labels), bool)),
         "cleaned": (labels["cleaned"].to_numpy(), labels["cleaned_kept"].to_numpy(bool)),
@@ -472,7 +475,8 @@ def main() -> None:
     label_quality = {}
     for cond, (ident, keep) in conditions.items():
         r = keep & real
-        label_quality[cond] = {"real_photos": int(r.sum()), "removed": int((~keep).sum()),
+        label_quality[cond] = {"real_photos": int(r.sum()), "removed": int((~keep & real).sum()),
+                               "deepfakes_removed": int((~keep & ~real).sum()),
                                "wrong": int((ident[r] != labels["true"].to_numpy()[r]).sum())}
         label_quality[cond]["noise_rate"] = label_quality[cond]["wrong"] / max(label_quality[cond]["real_photos"], 1)
 
@@ -502,7 +506,7 @@ def main() -> None:
     print("\ntraining labels (real photos):")
     for cond, q in label_quality.items():
         print(f"  {cond:8s} {q['real_photos']:5d} photos, {q['wrong']:4d} wrong ({q['noise_rate']:.1%}), "
-              f"{q['removed']} removed")
+              f"{q['removed']} removed (and {q['deepfakes_removed']} deepfakes)")
     print(f"\nheld-out: {args.val_identities} identities, pairs {step0['pairs']}; recipe {asdict(recipe)}")
     print(format_table(summary, len(args.seeds)))
     print(f"wrote {out / 'noisy_vs_clean.json'} ({time.time() - t_start:.0f} s)")
