@@ -28,3 +28,4 @@ PRESETS: dict[str, dict] = {
         "max_steps": 100,
         "val_every": 50,
     },
+}
