@@ -216,8 +216,8 @@ def load_config(name_or_file: str) -> dict[str, typing.Any]:
     name, and an unknown one is an error listing the presets.
 
     Example:
-        >>> load_config("finetune-pretrained")["lr"]
-        1e-05
+        >>> load_config("finetune-pretrained")["distill"]
+        50.0
     """
     path = Path(name_or_file)
     if path.suffix.lower() in (".toml", ".yaml", ".yml", ".json") or len(path.parts) > 1:
