@@ -13,6 +13,7 @@ from curation.flagging import graph as graph_mod
 from curation.flagging.evidence import group_median, loo_cosine
 from curation.flagging.explain import explain
 from curation.flagging.noise import synthetic_embeddings
+from embeddings.options import EmbedOptions
 from tests.conftest import copy_identities
 
 
@@ -26,7 +27,7 @@ def glint(glint_dir, tmp_path_factory):
     people = sorted(p.name for p in glint_dir.iterdir() if p.is_dir())
     data = copy_identities(glint_dir, tmp_path_factory.mktemp("glint24"), people, per_identity=20)
     work = tmp_path_factory.mktemp("work")
-    clean_dataset(data, work, aligned=True, progress=False)
+    clean_dataset(data, work, options=EmbedOptions(aligned=True, progress=False))
     folder = WorkFolder(work)
     nodes = pd.read_parquet(folder.nodes)
     nodes = nodes[nodes.emb_row >= 0]
