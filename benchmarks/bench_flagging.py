@@ -108,7 +108,7 @@ def score(flags: pd.DataFrame, given: np.ndarray, truth: np.ndarray, n_ids: int,
     moved = (given != truth) & (given < n_ids)  # photos of a split identity under its second label are not moved
     hit = moved[rows]
     sugg = noisy.suggested_identity.to_numpy()[hit]
-    sugg = np.array([int(str(x)[2:]) if isinstance(x, str) else -1 for x in sugg], dtype=np.int64)
+    sugg = np.array([int(str(x)[2:]) if isinstance(x, str) and x else -1 for x in sugg], dtype=np.int64)
     sugg_right = np.mean(np.where(sugg >= n_ids, sugg - n_ids, sugg) == truth[rows[hit]]) if len(sugg) else float("nan")
     merges = flags[flags.flag == "merge"]
     pairs = {tuple(sorted((int(a[2:]), int(b[2:])))) for a, b in zip(merges.identity, merges.suggested_identity)}

@@ -16,11 +16,11 @@ The experiment this product exists for (issue 16, part 3):
    and deepfake FAR (swaps, morphs), and TAR at FAR 1e-3 (all pairs, and real pairs only); mean and spread over seeds.
    Every figure comes from `curation.scoring.metrics` (bob EER convention).
 
-Fine-tuning trains only the layers after a cut of the graph (`--trainable last:K`, default the 9 of MobileFaceNet's
-7x7 stage and head): the frozen part's output is computed once per photo (plain and mirrored) and cached, so a step
-costs the tail alone (4% of MobileFaceNet's compute). The loss is the recipe's adaptive-margin pair loss plus a
-distillation term that keeps each real photo's embedding near its step-0 embedding (`Recipe`, README "Does
-fine-tuning help?" for the configurations behind the defaults).
+Fine-tuning is the product's own: `curation.training.loop.train` (what `python -m curation.train_on_clean --config
+finetune-pretrained` runs) with the `finetune-pretrained` preset (curation.training.presets: MobileFaceNet's last 9
+layers, lr 1e-3, distillation to the initial embeddings of the real photos, ...; README "Does fine-tuning help?" for
+the configurations behind it), on an aligned dataset folder of each condition's labels, validating on the held-out
+people; the held-out figures are those of the run's last weights. Any option of the preset can be changed by its flag.
 
 Every stage is cached under OUT (split, fakes, crops, trunk features, noise, cleaning, each fine-tuning run's result),
 so a re-run only does what is missing and a killed run resumes at the next unfinished stage; runs of several seeds may
@@ -31,11 +31,13 @@ Held-out pairs: every same-person pair of real photos, as many different-person 
 against each of its identity's deepfakes.
 
     # the default size (80 train / 40 held-out LFW people, 3 seeds): 10 min of fakes, alignment and cleaning, then
-    # ~2 s a step with one thread per process on a busy 2-core CPU (OMP_NUM_THREADS=1: more threads only contend)
+    # the runs, with one thread per process on a busy 2-core CPU (OMP_NUM_THREADS=1: more threads only contend)
     OMP_NUM_THREADS=1 python benchmarks/noisy_vs_clean.py --out /tmp/nvc
+    # one seed, true labels only
+    OMP_NUM_THREADS=1 python benchmarks/noisy_vs_clean.py --out /tmp/nvc --seeds 0 --conditions true
     # larger, every layer, on a GPU
     python benchmarks/noisy_vs_clean.py --out nvc --identities 300 --val-identities 100 --max-photos 30 \\
-        --trainable all --lr 1e-5 --distill 50 --steps 2000 --device cuda
+        --trainable all --lr 1e-5 --distill 50 --max-steps 2000 --device cuda
 """
 from __future__ import annotations
 
@@ -45,13 +47,13 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,13 +61,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from curation.clean import clean_dataset, format_summary  # noqa: E402
 from curation.flagging.noise import list_identities  # noqa: E402
 from curation.scoring.metrics import equal_error_rate, tar_at_far, verification_report  # noqa: E402
+from curation.training.config import load_config, resolve_config  # noqa: E402
 from curation.training.fakes import make_fakes  # noqa: E402
+from curation.training.loop import train as train_model  # noqa: E402
 from embeddings.options import EmbedOptions  # noqa: E402
-from curation.training.pairs import OWN_FAKE, SAME, make_pairs  # noqa: E402
 from embeddings.align import align  # noqa: E402
 from embeddings.detectors import make_detector  # noqa: E402
 from embeddings.device import pick_device  # noqa: E402
-from embeddings.losses import adaptive_margin_logits  # noqa: E402
+from embeddings.checkpoints import read_checkpoint  # noqa: E402
+from embeddings.onnx_backbone import load_onnx_backbone  # noqa: E402
 from embeddings.onnx_torch import load_onnx_module  # noqa: E402
 from embeddings.preprocess import to_input  # noqa: E402
 from labels.export import effective_labels  # noqa: E402
@@ -78,23 +82,7 @@ FIGURES = ("eer", "real_eer", "frr_same", "far_different", "far_deepfake", "far_
            "real_tar_1e-3")
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How a pretrained embedder is fine-tuned here (the `finetune-pretrained` values; see the README's
-    "Does fine-tuning help?" for the figures behind each default)."""
-
-    steps: int = 100
-    batch_size: int = 32  # pairs per step
-    lr: float = 1e-3
-    warmup_steps: int = 20  # linear warm-up of the learning rate
-    weight_decay: float = 1e-2
-    trainable: str = "last:9"  # "all", or "last:K": the K layers nearest the output (MobileFaceNet: 9 = its 7x7 stage)
-    margin_s: float = 32.0
-    margin_base: float = 0.35
-    margin_alpha: float = 0.1
-    fake_fraction: float = 0.5  # share of own-deepfake pairs (same-person pairs stay half; the recipe's is 0.25)
-    distill: float = 50.0  # weight of 1 - cos(embedding, step-0 embedding) on the real photos of each batch
-    flip: bool = True
+PRESET = "finetune-pretrained"  # curation.training.presets: the recipe every run trains with (flags change options)
 
 
 # ---- data stages -----------------------------------------------------------------------------------------------------
@@ -293,66 +281,32 @@ def tail_embed(model: torch.nn.Module, feats: torch.Tensor, cut: str | None, dev
                           for s in range(0, len(feats), batch)])
 
 
-def finetune(model_path: Path, feats: dict[str, torch.Tensor], cut: str | None, is_fake: np.ndarray,
-             identity: np.ndarray, keep: np.ndarray, recipe: Recipe, seed: int, device: torch.device,
-             teacher: tuple[torch.Tensor, torch.Tensor]) -> torch.nn.Module:
-    """Fine-tune the ONNX embedder's layers after `cut` on the photos `keep`s with the labels `identity`.
+def aligned_dataset(data: dict, identity: np.ndarray, keep: np.ndarray, out: Path) -> Path:
+    """The photos `keep` as an aligned dataset folder in the challenge layout (OUT/images/<identity>/<file>.png, the
+    112x112 crops of `data`, lossless; meta.json marks the deepfakes): what `train_on_clean --aligned` trains on."""
+    if (out / "meta.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {}
+    for row in np.flatnonzero(keep):
+        dest = f"{identity[row]}/{Path(data['key'][row]).stem}.png"
+        (tmp / "images" / str(identity[row])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data["crops"][row]).save(tmp / "images" / dest)
+        meta[dest] = int(data["is_fake"][row])
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    tmp.rename(out)
+    return out
 
-    Pairs are the recipe's (curation.training.pairs.make_pairs: same / different / own deepfake), re-mixed so that
-    own-deepfake pairs are `recipe.fake_fraction` of all pairs and same-person pairs stay half; the loss is the
-    adaptive-margin pair loss (embeddings.losses) plus `recipe.distill` x (1 - cos) between each real photo's
-    embedding and its step-0 embedding (`teacher`: plain and mirrored), which keeps what the pretrained model knows
-    about real faces while the deepfakes are pushed away. `feats` holds the frozen trunk's output ("train",
-    "train_flip"), so a step costs only the tail.
-    """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = load_onnx_module(model_path).to(device)
-    trained = model.parameters_after(cut) if cut else list(model.parameters())
-    for p in model.parameters():
-        p.requires_grad_(any(p is q for q in trained))
-    opt = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    rows = np.flatnonzero(keep)
-    table = pd.DataFrame({"identity": identity[rows], "is_fake": is_fake[rows]}, index=rows)
-    teacher = tuple(t.to(device) for t in teacher)
-    plain, mirrored = feats["train"], feats["train_flip"]
-    queue = np.zeros((0, 3), np.int64)
-    epoch = 0
-    for step in tqdm(range(1, recipe.steps + 1), desc="fine-tuning", unit="step", leave=False):
-        while len(queue) < recipe.batch_size:
-            pairs, _ = make_pairs(table, seed=(seed, epoch))
-            epoch += 1
-            kind = pairs.kind
-            same, fakes = np.flatnonzero(kind == SAME), np.flatnonzero(kind == OWN_FAKE)
-            others = np.flatnonzero((kind != SAME) & (kind != OWN_FAKE))
-            n_fake = int(round(2 * recipe.fake_fraction * len(same)))
-            n_other = len(same) - n_fake
-            pick = np.concatenate([same, rng.choice(fakes, n_fake, replace=n_fake > len(fakes)) if n_fake else fakes[:0],
-                                   rng.choice(others, n_other, replace=n_other > len(others))])
-            pick = rng.permutation(pick)
-            queue = np.concatenate([queue, np.stack([pairs.a[pick], pairs.b[pick], kind[pick]], 1)])
-        batch, queue = queue[: recipe.batch_size], queue[recipe.batch_size :]
-        idx = torch.from_numpy(np.concatenate([batch[:, 0], batch[:, 1]]))
-        flips = torch.from_numpy(rng.random(len(idx)) < 0.5 if recipe.flip else np.zeros(len(idx), bool))
-        x = torch.where(flips[:, None, None, None], mirrored[idx], plain[idx]).to(device).float()
-        for g in opt.param_groups:
-            g["lr"] = recipe.lr * min(1.0, step / recipe.warmup_steps) if recipe.warmup_steps else recipe.lr
-        model.train()
-        e = F.normalize(model.run_part(x, start=cut), dim=1)
-        n = len(batch)
-        y = torch.from_numpy(batch[:, 2] == SAME).float().to(device)
-        logits = adaptive_margin_logits((e[:n] * e[n:]).sum(1), y, recipe.margin_s, recipe.margin_base,
-                                        recipe.margin_alpha)
-        loss = F.binary_cross_entropy_with_logits(logits, y)
-        if recipe.distill:
-            real = torch.from_numpy(~is_fake[idx.numpy()]).to(device)
-            flips = flips.to(device)
-            target = torch.where(flips[:, None], teacher[1][idx.to(device)], teacher[0][idx.to(device)])
-            loss = loss + recipe.distill * (1 - (e[real] * target[real]).sum(1)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+
+def finetuned_embeddings(run: Path, crops: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Unit embeddings of `crops` by the run's last weights (RUN/init.onnx + last.pt), float32 on the CPU."""
+    model = load_onnx_backbone(run / "init.onnx")
+    model.load_state_dict(read_checkpoint(run / "last.pt").state_dict, strict=True)
+    model.to(device).eval()
+    with torch.no_grad():
+        return torch.cat([model(to_input(torch.from_numpy(crops[s : s + 256]).to(device), "adaface"))[0].cpu()
+                          for s in range(0, len(crops), 256)])
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
@@ -398,16 +352,18 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.2, help="share of training photos with a wrong label (default 0.2)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the split, the fakes and the noise")
-    for f in fields(Recipe):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+    ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS),
+                    help="which labels to fine-tune on (default all three)")
+    for name, value in load_config(PRESET).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         else:
-            ap.add_argument(flag, type=type(f.default), default=f.default, help=f"recipe (default {f.default})")
+            ap.add_argument(flag, type=type(value), default=value, help=f"{PRESET} option (default {value})")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=2, help="alignment workers of the cleaning pass")
     args = ap.parse_args()
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
+    recipe = {name: getattr(args, name) for name in load_config(PRESET)}
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     model_path = (args.model or Path(__file__).resolve().parents[1] / ".." / "shared" / "models" / "mobilefacenet.onnx")
@@ -437,8 +393,8 @@ def main() -> None:
 
     # the frozen trunk's output for every photo, step 0, the teacher embeddings
     base = load_onnx_module(model_path).to(device)
-    cut = frozen_cut(base, recipe.trainable)
-    feats_file = out / f"trunk_{recipe.trainable.replace(':', '')}.pt"
+    cut = frozen_cut(base, recipe["trainable"])
+    feats_file = out / f"trunk_{recipe['trainable'].replace(':', '')}.pt"
     if not feats_file.exists():
         torch.save({"cut": cut, "train": trunk_features(base, train["crops"], cut, device, False),
                     "train_flip": trunk_features(base, train["crops"], cut, device, True),
@@ -481,25 +437,30 @@ def main() -> None:
         label_quality[cond]["noise_rate"] = label_quality[cond]["wrong"] / max(label_quality[cond]["real_photos"], 1)
 
     # the fine-tuning runs, each cached
-    runs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
+    runs: dict[str, list[dict]] = {c: [] for c in args.conditions}
+    val_folder = aligned_dataset(val, val["identity"], np.ones(len(val["key"]), bool), out / "aligned_val")
     for seed in args.seeds:
-        for cond in CONDITIONS:
+        for cond in args.conditions:
             f = out / "runs" / f"{cond}_seed{seed}.json"
             if not f.exists():
                 print(f"fine-tuning on the {cond} labels, seed {seed}")
                 t0 = time.time()
-                model = finetune(model_path, feats, cut, train["is_fake"], *conditions[cond], recipe, seed, device,
-                                 teacher)
-                result = {"condition": cond, "seed": seed, "recipe": asdict(recipe), "seconds": time.time() - t0,
-                          **heldout_figures(tail_embed(model, feats["val"], cut, device), pairs)}
-                f.parent.mkdir(exist_ok=True)
+                run = out / "runs" / f"{cond}_seed{seed}"
+                run.parent.mkdir(exist_ok=True)
+                cfg = resolve_config(file_values=recipe, cli_values={
+                    "data": str(aligned_dataset(train, *conditions[cond], out / f"aligned_{cond}")),
+                    "val_data": str(val_folder), "aligned": True, "init": f"onnx:{model_path}", "out": str(run),
+                    "seed": seed, "device": str(device), "workers": 0})
+                train_model(cfg, resume=(run / "manifest.json").exists(), say=lambda line: None)
+                result = {"condition": cond, "seed": seed, "recipe": recipe, "seconds": time.time() - t0,
+                          **heldout_figures(finetuned_embeddings(run, val["crops"], device), pairs)}
                 f.write_text(json.dumps(result, indent=1))
             result = json.loads(f.read_text())
-            if result["recipe"] != asdict(recipe):
+            if result["recipe"] != recipe:
                 sys.exit(f"{f}: made with another recipe ({result['recipe']}); use another --out or delete it")
             runs[cond].append(result)
     summary = {"step 0": _summary({"s": [step0]})["s"], **_summary(runs)}
-    report = {"recipe": asdict(recipe), "seeds": args.seeds, "identities": args.identities,
+    report = {"recipe": recipe, "seeds": args.seeds, "identities": args.identities,
               "val_identities": args.val_identities, "labels": label_quality, "pairs": step0["pairs"],
               "summary": summary, "runs": runs, "step0": step0, "seconds": time.time() - t_start}
     (out / "noisy_vs_clean.json").write_text(json.dumps(report, indent=1))
@@ -507,7 +468,7 @@ def main() -> None:
     for cond, q in label_quality.items():
         print(f"  {cond:8s} {q['real_photos']:5d} photos, {q['wrong']:4d} wrong ({q['noise_rate']:.1%}), "
               f"{q['removed']} removed (and {q['deepfakes_removed']} deepfakes)")
-    print(f"\nheld-out: {args.val_identities} identities, pairs {step0['pairs']}; recipe {asdict(recipe)}")
+    print(f"\nheld-out: {args.val_identities} identities, pairs {step0['pairs']}; recipe {PRESET} {recipe}")
     print(format_table(summary, len(args.seeds)))
     print(f"wrote {out / 'noisy_vs_clean.json'} ({time.time() - t_start:.0f} s)")
 

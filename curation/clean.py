@@ -221,6 +221,7 @@ def _flag_and_write(
             "degree": nodes.degree.to_numpy(np.int32),
             "sim_to_main": nodes.sim_to_main.to_numpy(np.float32),
             "best_to_main": nodes.best_to_main.to_numpy(np.float32),
+            "p_wrong": nodes.p_wrong.to_numpy(np.float32),
             "suggested_identity": nodes.suggested_identity.to_numpy(dtype=object),
             "flags": nodes["flags"].to_numpy(dtype=object),
             "emb_row": emb_row,

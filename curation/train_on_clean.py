@@ -45,6 +45,9 @@ _HELP = {
     "warmup_steps": "linear learning-rate warm-up over the first N steps (default 0: none)",
     "fake_fraction": "share of training pairs that are person-vs-own-deepfake pairs, 0..0.5 (default 0.25, the"
     " recipe's 50/25/25; same-person pairs stay half, different-person pairs take the rest). Validation keeps 0.25",
+    "distill": "weight of a term that holds the real photos at the initial model's embeddings: distill x mean(1 -"
+    " cos(embedding, initial embedding of the same crop and flip)) over the batch's real photos, added to the loss"
+    " (default 0: off). Lets a higher lr push deepfakes away without forgetting real faces (finetune-pretrained: 50)",
     "unreviewed": "open flags on a work folder: keep (default) or apply their suggested action, as export does",
     "objective": "pair (adaptive-margin pair loss, the recipe) or adaface (AdaFace margin head on identities)",
     "batch_size": "pairs per step (photos per step with --objective adaface); default 32. Under torchrun this is"

@@ -89,8 +89,8 @@ class EmbedResult:
     norm (AdaFace's quality signal), NaN where status != "ok". status / method: see the module docstring.
     align_id: names the crop cache folder (`crop_path(cache_dir, align_id, key)`); cache_id: the embedding cache folder.
     aligned_now / embedded_now: photos aligned / crops embedded by this run (the rest came from the caches).
-    embed_processes: how many processes embedded them (one per core for dlib; 1 for a model with intra-op threads
-    or on a GPU; 0 when nothing was embedded).
+    embed_processes: how many processes embedded them side by side (one per core for dlib; 1 for a model with
+    intra-op threads or on a GPU; 0 when nothing was embedded).
     """
 
     keys: list[str]
@@ -249,7 +249,7 @@ class _Pass:
     store: ShardStore | None = None  # the embedding cache, closed and re-indexed (embed_images reads from it)
     aligned_now: int = 0
     embedded_now: int = 0
-    embed_processes: set[int] | None = None  # ids of the processes that embedded in this run
+    embed_processes: int = 0  # processes that embedded side by side (the most in one round of this run)
     face_points: np.ndarray | None = None  # where faces sit in these photos, when the centre-crop fallback ran
 
     def per_input(self, values: Sequence, default):
@@ -387,7 +387,7 @@ def _run(
         get_detector(detector)  # fail now on a bad model file; forked workers inherit it when that is safe
 
     errors_now: dict[int, str] = {}
-    out = _Pass(all_keys, rows, errors, ukeys, [], [], aid, estore, embed_processes=set())
+    out = _Pass(all_keys, rows, errors, ukeys, [], [], aid, estore)
 
     def run_round(todo: np.ndarray, aligner: PhotoAligner, what: str) -> None:
         """Hand the tasks `todo` (unique indices) to the engine; store what comes back as it comes."""
@@ -400,6 +400,7 @@ def _run(
                                      options.batch_size, options.worker_count())
         tally: Counter = Counter()
         guard = _FailureGuard(len(ukeys), len(ukeys) - len(todo))
+        embedded_by: set[int] = set()
         bar = tqdm(total=len(todo), desc=what, unit="img", disable=not progress or not len(todo), smoothing=0.05)
         with bar, contextlib.closing(batches):  # closing: stops the engine's workers at once if this loop fails
             for metas, unit, norm, pid in batches if len(todo) else ():
@@ -429,7 +430,8 @@ def _run(
                     rec["emb"], rec["norm"] = unit, norm
                     estore.add(rec)
                     out.embedded_now += len(emb_keys)
-                    out.embed_processes.add(pid)
+                    embedded_by.add(pid)
+                    out.embed_processes = max(out.embed_processes, len(embedded_by))
                 bar.update(len(metas))
                 bar.set_postfix(dict(tally), refresh=False)
                 guard.check(len(metas))
@@ -504,7 +506,7 @@ def embed_images(
     emb[valid], norms[valid] = uemb[rows[valid]], unorm[rows[valid]]
     status = [e if e is not None else s for e, s in zip(run.errors, run.per_input(run.status, None))]
     return EmbedResult(run.keys, emb, norms, status, run.per_input(run.method, ""), run.align_id, cache_id,
-                       run.aligned_now, run.embedded_now, len(run.embed_processes))
+                       run.aligned_now, run.embedded_now, run.embed_processes)
 
 
 def align_images(

@@ -264,6 +264,8 @@ def _photo(sess: common.Session, view: rv.IdentityView, photo: pd.Series, sample
         elif f["suggested_identity"]:
             text += f" → {common.lit(f['suggested_identity'])}{sim_s}"
         st.markdown(text)
+        if f.get("why"):
+            st.caption(common.lit(f["why"]))
         preview = view.suggestions.get(f["suggested_identity"])
         if preview is not None and len(preview):
             st.image([common.thumbnail(sess, p, 64)[0] for _, p in preview.iterrows()], width=40)

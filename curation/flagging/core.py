@@ -3,9 +3,11 @@
 This is the whole cleaning method, independent of files, stores and embedders (curation.clean feeds it; the scale
 benchmark feeds it synthetic arrays):
 1. calibrate the edge threshold from cross-identity pairs (curation.flagging.calibrate), unless the user set one;
-2. per identity, a similarity graph of its real photos (curation.flagging.graph): isolated -> `outlier`, outside the largest
-   component -> `minority`, two big components -> `split`; a deepfake whose best similarity to the main component is
-   below the threshold -> `fake_mismatch`;
+2. per identity, a similarity graph of its real photos (curation.flagging.graph): two big components -> `split`; a
+   deepfake whose best similarity to the main component is below the threshold -> `fake_mismatch`;
+   per photo, evidence (curation.flagging.evidence) and P(wrong identity) (curation.flagging.mislabel): at >= 0.5 the
+   photo is flagged `outlier` (no edge in its graph) or `minority`, with the nearest other identity as suggestion or
+   none ("not in this dataset"); flagged photos of one folder with the same nearest identity are one group;
 3. across identities, faiss over identity centroids (curation.flagging.search): the most likely true identity of every
    outlier/minority photo (`suggested_identity`), identity pairs whose photos match like one person's -> `merge`, and
    near-identical photos under two identities -> `duplicate`.
@@ -16,7 +18,7 @@ flagged photo (and every single-photo identity) with the main photos of its near
 every merge candidate with each other: exact cosines on a few rows each, instead of a million-row photo index.
 
 `score` per flag kind (higher is not always "more sure"; the unit is a cosine unless said):
-outlier / minority: mean cosine to the identity's main component (low = clearly someone else);
+outlier / minority: P(wrong identity) (the evidence, e.g. own_cosine, z, nearest_identity, in `details`);
 fake_mismatch: best cosine to a main-component photo; split: size of the 2nd component / size of the largest;
 merge: share of cross pairs joined by an edge; duplicate: cosine of the two photos.
 
@@ -59,6 +61,8 @@ from curation.flagging.graph import (
     slice_rows,
     take_rows,
 )
+from curation.flagging.evidence import photo_evidence
+from curation.flagging.mislabel import fit_model, outsider_features
 from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
 from embeddings.device import pick_device
 from labels.cli import UserError
@@ -85,6 +89,9 @@ class FlagConfig:
     exact_max: int = EXACT_MAX
     faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
     chunk_rows: int = CHUNK_ROWS  # photos per chunk of identities in the graph pass (memory, not results)
+    flag_probability: float = 0.5  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
+    merge_fit_z: float = -2.0  # a photo this typical of its folder is not flagged for looking like its merge partner
+    outsider_probability: float = 0.7  # a flagged photo is "not in this dataset" at this P (curation.flagging.mislabel)
     seed: int = 0
 
 
@@ -184,6 +191,66 @@ def _cross(emb, left, lids, right, rids, threshold, device, budget=1 << 24):
     return density, mean, best, arg_l, arg_r
 
 
+def _near_copies(emb, codes, rows, n_codes, dup_t, device, budget=1 << 24):
+    """Pairs of `rows` of one identity with cosine >= dup_t: (later row, its earliest copy, cosine) per later row.
+
+    Identities are compared in padded blocks (all candidate rows of an identity against each other); an identity with
+    more candidates than fit one block is compared in slices of its rows, so no n x n matrix beyond `budget` numbers.
+    """
+    order, starts, counts = segments(codes, rows, n_codes)
+    ids = np.flatnonzero(counts >= 2)
+    out_row, out_twin, out_sim = [], [], []
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    for c in ids:
+        part = order[starts[c] : starts[c] + counts[c]]
+        x = gather(emb, part, device, dtype)
+        step = max(1, budget // max(len(part), 1))
+        for s in range(0, len(part), step):
+            sims = (x[s : s + step] @ x.T).float()
+            ar = torch.arange(s, min(s + step, len(part)), device=device)
+            sims[torch.arange(len(ar), device=device), ar] = -torch.inf  # not itself
+            earlier = torch.arange(len(part), device=device)[None, :] < ar[:, None]
+            hit = torch.where(earlier, sims, torch.tensor(-torch.inf, device=device)).max(1)
+            ok = (hit.values >= dup_t).cpu().numpy()
+            out_row.append(part[s : s + step][ok])
+            out_twin.append(part[hit.indices.cpu().numpy()[ok]])
+            out_sim.append(hit.values.cpu().numpy()[ok])
+    if not out_row:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(out_row), np.concatenate(out_twin), np.concatenate(out_sim)
+
+
+def _groups(codes, nearest, rows, comp, n_codes):
+    """Flagged photos of one folder whose nearest other identity is the same: one group (one wrong person, or one
+    person's photos filed here by mistake), reviewed together. Returns per row (group number, group size): groups of
+    2+ are numbered per identity after its graph components (so the identity page shows each as a component of its
+    own); a photo alone keeps size 1.
+    """
+    n = len(codes)
+    number = np.full(n, -1, np.int32)
+    size = np.ones(n, np.int64)
+    if len(rows) == 0:
+        return number, size
+    key = codes[rows] * (n_codes + 1) + (nearest[rows] + 1)
+    uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+    size[rows] = cnt[inv]
+    multi = cnt[inv] > 1
+    top = np.full(n_codes, 0, np.int64)
+    np.maximum.at(top, codes[codes >= 0], np.maximum(comp[codes >= 0], 0))
+    g_rows = rows[multi]
+    g_key = uniq[inv[multi]]
+    first_of = np.unique(g_key)  # groups in key order; rank them within their identity
+    g_code = first_of // (n_codes + 1)
+    rank = np.arange(len(first_of)) - np.searchsorted(g_code, g_code, side="left")
+    number[g_rows] = (top[g_code] + 1 + rank)[np.searchsorted(first_of, g_key)]
+    return number, size
+
+
+def _num(x) -> float | None:
+    """A float for details (JSON): None for NaN."""
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
 def _few(names, limit: int = 5) -> str:
     names = [str(x) for x in names]
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -279,10 +346,27 @@ def flag_embeddings(
         )
 
     comp = g.component
-    multi = n_real[np.maximum(codes, 0)] >= 2
-    outlier = real & (comp == -1) & multi
-    minority = real & (comp >= 1)
-    flagged_rows = np.flatnonzero(outlier | minority)
+    t0 = time.perf_counter()
+    ev = photo_evidence(emb, codes, real, k_ids, use_gpu=dev.type == "cuda", nprobe=cfg.nprobe,
+                        exact_max=cfg.exact_max, factory=cfg.faiss_index, seed=cfg.seed)
+    judged_rows = np.flatnonzero(np.isfinite(ev.own))
+    model, p = fit_model(ev, emb, codes, judged_rows, seed=cfg.seed)
+    prob = np.full(n, np.nan, np.float32)
+    prob[judged_rows] = p
+    # all-identical photos (see the message above): no fit means anything, so no photo is called wrong
+    wrong = (prob >= cfg.flag_probability) & ~(edge.method == "target_fmr" and edge.value > 0.999)
+    outlier = wrong & (comp == -1)
+    minority = wrong & (comp != -1)
+    flagged_rows = np.flatnonzero(wrong)
+    # the suggestion: the nearest other identity, unless the photo fits it like a simulated outsider fits the
+    # identity nearest to it rather than like a moved photo fits its own (then: "not in this dataset")
+    z_there = ev.z_at(ev.other, ev.other_code)
+    p_outside = model.outsider(outsider_features(z_there, ev.other, ev.second, ev.unit))
+    elsewhere = np.isfinite(z_there) & (p_outside < cfg.outsider_probability)
+    group, group_size = _groups(codes, ev.other_code, flagged_rows, comp, k_ids)
+    shown = comp.copy()  # the component a reviewer sees: a group of 2+ flagged photos is one of its own
+    shown[flagged_rows] = np.where(group_size[flagged_rows] > 1, group[flagged_rows], comp[flagged_rows])
+    timings["evidence"] = time.perf_counter() - t0
     n_main = ident["n_main"].to_numpy()
     second = ident["second_size"].to_numpy()
     split_ids = np.flatnonzero((second >= cfg.split_min_size) & (second >= cfg.split_ratio * np.maximum(n_main, 1)))
@@ -303,10 +387,17 @@ def flag_embeddings(
     cent = take_rows(sums, cent_codes, out=scratch_array((len(cent_codes), emb.shape[1]), np.float32, on_disk))
     del sums
     suggested = np.full(n, None, dtype=object)
-    sugg_sim = np.full(n, np.nan, np.float32)
     flag_rows_list: list[dict] = []
     genuine_median = hist_quantile(g.same_identity_hist, HIST_EDGES, 0.5)
     dup_t = cfg.duplicate_threshold or duplicate_threshold(genuine_median if np.isfinite(genuine_median) else t, t)
+    # near copies inside one identity: every photo whose best match in its main component reaches the duplicate
+    # threshold is compared with the other such photos of its identity; of each copy pair the later row is flagged
+    near = np.flatnonzero(real & (comp == 0) & (g.best_to_main >= dup_t))
+    for row, twin, sim in zip(*_near_copies(emb, codes, near, k_ids, dup_t, dev)):
+        flag_rows_list.append(
+            dict(row=int(row), identity=names[codes[row]], flag="duplicate", component=0,
+                 suggested_identity=names[codes[row]], score=float(sim), details={"duplicate_of_row": int(twin)})
+        )
     imp_mean = float(np.mean(imp)) if len(imp) else 0.0
     within = np.full(k_ids, np.nan)
     deg_main = np.bincount(codes[main_rows], weights=g.degree[main_rows], minlength=k_ids)
@@ -321,6 +412,7 @@ def flag_embeddings(
         med = np.nanmedian(within) if np.isfinite(within).any() else 1.0
         merge_t = 0.5 * float(med)
     index_kind = "none"
+    merged: set[tuple[int, int]] = set()  # identity code pairs flagged merge (one person under two labels)
     if len(cent_codes) >= 2:
         index_kind = cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max)
         index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed)
@@ -335,7 +427,6 @@ def flag_embeddings(
                 s_sims[s : s + step], s_ids[s : s + step] = knn(index, qx, kq, nprobe=cfg.nprobe)
             s_codes = np.where(s_ids >= 0, cent_codes[np.maximum(s_ids, 0)], -1)
             suggested[query_rows] = np.where(s_codes[:, 0] >= 0, names[np.maximum(s_codes[:, 0], 0)], None)
-            sugg_sim[query_rows] = s_sims[:, 0]
             # duplicates: each query photo vs the main photos of its nearest identities other than its own
             pair_q = np.repeat(np.arange(len(query_rows)), kq)
             pair_c = s_codes.ravel()
@@ -379,6 +470,7 @@ def flag_embeddings(
         ca, cb = pairs[:, 0], pairs[:, 1]
         density, _, best, arg_l, arg_r = _cross(emb, main_seg, ca, main_seg, cb, t, dev)
         for i in np.flatnonzero(density >= merge_t):
+            merged.update({(int(ca[i]), int(cb[i])), (int(cb[i]), int(ca[i]))})
             small, big = (ca[i], cb[i]) if n_main[ca[i]] <= n_main[cb[i]] else (cb[i], ca[i])
             flag_rows_list.append(
                 dict(row=-1, identity=names[small], flag="merge", component=None, suggested_identity=names[big],
@@ -399,10 +491,20 @@ def flag_embeddings(
     # ---- assemble -----------------------------------------------------------------------------------------------
     for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
         for row in rows:
+            if ev.z[row] >= cfg.merge_fit_z and (int(codes[row]), int(ev.other_code[row])) in merged:
+                continue  # it fits its folder and looks like the folder's merge partner: the merge flag covers it
+            other = int(ev.other_code[row])
+            sugg = names[other] if elsewhere[row] else None
+            suggested[row] = sugg
             flag_rows_list.append(
-                dict(row=int(row), identity=names[codes[row]], flag=kind, component=int(comp[row]),
-                     suggested_identity=suggested[row], score=float(g.sim_to_main[row]),
-                     details={"suggested_cosine": float(sugg_sim[row]), "degree": int(g.degree[row])})
+                dict(row=int(row), identity=names[codes[row]], flag=kind, component=int(shown[row]),
+                     suggested_identity=sugg, score=float(prob[row]),
+                     details={"own_cosine": _num(ev.own[row]), "z": _num(ev.z[row]),
+                              "nearest_identity": names[other] if other >= 0 else None,
+                              "nearest_cosine": _num(ev.other[row]), "z_nearest": _num(z_there[row]),
+                              "not_in_dataset": not elsewhere[row], "degree": int(g.degree[row]),
+                              "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]]),
+                              "group_size": int(group_size[row])})
             )
     for c in split_ids:
         flag_rows_list.append(
@@ -429,10 +531,11 @@ def flag_embeddings(
             "identity": np.where(codes >= 0, names[np.maximum(codes, 0)], None) if k_ids else np.full(n, None),
             "is_fake": is_fake,
             "valid": valid,
-            "component": comp,
+            "component": shown,
             "degree": g.degree,
             "sim_to_main": g.sim_to_main,
             "best_to_main": g.best_to_main,
+            "p_wrong": prob,
             "suggested_identity": suggested,
             "flags": row_flags,
         }
@@ -474,6 +577,9 @@ def flag_embeddings(
             "impostor_mean": imp_mean,
         },
         "split": {"ratio": cfg.split_ratio, "min_size": cfg.split_min_size},
+        "mislabel": model.to_dict() | {"value": cfg.flag_probability, "flag_probability": cfg.flag_probability,
+                                        "method": "P(wrong identity) from curation.flagging.mislabel",
+},
         "index": {"kind": index_kind, "rows": int(len(cent_codes)), "nprobe": cfg.nprobe},
         "config": asdict(cfg),
     }

@@ -45,6 +45,8 @@ HIST_EDGES = np.linspace(-1.0, 1.0, 401)
 NOT_IN_GRAPH = -2  # fakes, failed embeddings and rows without an identity
 ISOLATED = -1
 CHUNK_ROWS = 1_000_000  # photos per chunk: 1 GB of 512-d float16 (read from the file) + the blocks made from it
+BIG_IDENTITY = 4096  # photos; a larger identity is compared in slices of rows (16 MB x its size / 4096 a slice)
+KNN_LINKS = 16  # links per photo in a large identity's graph (see _big_identity)
 IDENTITY_COLUMNS = ["n_real", "n_fake", "n_main", "n_isolated", "n_components", "second_size", "via"]
 
 
@@ -244,6 +246,66 @@ def build_graphs(
     return GraphResult(component, degree, sim_to_main, best_to_main, pd.DataFrame(ident), hist)
 
 
+def _big_identity(emb, rows, frows, threshold, dev, dtype, block_elems):
+    """One identity of more than BIG_IDENTITY photos, in slices of rows (never its n x n matrix at once).
+
+    Degrees, histogram, mean and best cosine to the main component are exact; the components are those of the graph
+    of each photo's KNN_LINKS nearest photos above the threshold (a subgraph of the threshold graph with the same
+    isolated photos: a large identity's main component stays one component in practice).
+    Returns (labels, degree, sim_to_main, best_to_main, fakes' sim_to_main, fakes' best_to_main, histogram).
+    """
+    n = len(rows)
+    x = gather(emb, rows, dev, dtype)
+    step = max(1, block_elems // n)
+    degree = np.zeros(n, np.int32)
+    hist = torch.zeros(len(HIST_EDGES) - 1, dtype=torch.float64)
+    k = min(KNN_LINKS, n - 1)
+    links = []
+    for s in range(0, n, step):
+        sims = (x[s : s + step] @ x.T).float()
+        ar = torch.arange(s, min(s + step, n), device=dev)
+        sims[torch.arange(len(ar), device=dev), ar] = -torch.inf
+        degree[s : s + step] = (sims >= threshold).sum(1).cpu().numpy()
+        upper = torch.arange(n, device=dev)[None, :] > ar[:, None]
+        # each pair once: the rest is moved out of the histogram's range (histc ignores it), nothing is copied out
+        hist += torch.histc(sims.clamp(-1, 1).masked_fill_(~upper, 3.0), bins=len(HIST_EDGES) - 1, min=-1,
+                            max=1).double().cpu()
+        val, idx = sims.topk(k, dim=1)
+        keep = (val >= threshold).cpu().numpy()
+        src = np.repeat(ar.cpu().numpy()[:, None], k, 1)
+        links.append(np.stack([src[keep], idx.cpu().numpy()[keep]], 1))
+    edges = np.concatenate(links) if links else np.empty((0, 2), np.int64)
+    graph = nx.Graph()
+    graph.add_edges_from(map(tuple, edges.tolist()))
+    comps = sorted(nx.connected_components(graph), key=lambda c: (-len(c), min(c)))
+    labels = np.full(n, ISOLATED, np.int32)
+    for j, members in enumerate(comps):
+        labels[list(members)] = j
+    main = torch.from_numpy(labels == 0).to(dev)
+    n_main = int(main.sum())
+    main_sum = (x * main[:, None].to(x.dtype)).sum(0).float()
+    own = main.float()
+    sim_main = ((x.float() @ main_sum) - own) / torch.clamp(n_main - own, min=1)
+    sim_main = torch.where(n_main - own > 0, sim_main, torch.nan).cpu().numpy()
+    best = np.full(n, np.nan, np.float32)
+    xm = x[main]
+    for s in range(0, n, step):
+        sims = (x[s : s + step] @ xm.T).float()
+        self_col = torch.cumsum(main.long(), 0)[s : s + step] - 1  # a main photo's own column in xm
+        is_main = main[s : s + step]
+        sims[torch.nonzero(is_main).flatten(), self_col[is_main]] = -torch.inf
+        v = sims.max(1).values if n_main else torch.full((len(sims),), -torch.inf)
+        best[s : s + step] = torch.where(torch.isinf(v), torch.nan, v).cpu().numpy()
+    f_mean = np.full(len(frows), np.nan, np.float32)
+    f_best = np.full(len(frows), np.nan, np.float32)
+    if len(frows) and n_main:
+        y = gather(emb, frows, dev, dtype)
+        f_mean[:] = ((y.float() @ main_sum) / n_main).cpu().numpy()
+        for s in range(0, len(frows), step):
+            f_best[s : s + step] = (y[s : s + step] @ xm.T).float().max(1).values.cpu().numpy()
+    return labels, degree, sim_main.astype(np.float32), best, f_mean, f_best, hist
+
+
 def _graphs(
     emb: np.ndarray,
     codes: np.ndarray,
@@ -287,6 +349,18 @@ def _graphs(
 
     ids_sorted = np.flatnonzero(n_real > 0)
     ids_sorted = ids_sorted[np.argsort(n_real[ids_sorted], kind="stable")]
+    for c in ids_sorted[n_real[ids_sorted] > BIG_IDENTITY]:  # too large for one n x n matrix: in slices
+        rows_c = r_order[r_starts[c] : r_starts[c] + n_real[c]]
+        frows_c = f_order[f_starts[c] : f_starts[c] + n_fake[c]]
+        big = _big_identity(emb, rows_c, frows_c, threshold, dev, dtype, block_elems)
+        component[rows_c], degree[rows_c], sim_to_main[rows_c], best_to_main[rows_c] = big[:4]
+        sim_to_main[frows_c], best_to_main[frows_c] = big[4:6]
+        hist += big[6]
+        labels_c = big[0]
+        n_main_arr[c], n_iso_arr[c] = int((labels_c == 0).sum()), int((labels_c == ISOLATED).sum())
+        n_comp_arr[c], second_arr[c] = int(labels_c.max()) + 1, int((labels_c == 1).sum())
+        via_arr[c] = "networkx"
+    ids_sorted = ids_sorted[n_real[ids_sorted] <= BIG_IDENTITY]
     dim = emb.shape[1] if emb.ndim == 2 else 0
     blocks = _blocks(n_real, n_fake, ids_sorted, dim, block_elems)
     for ids, side, fside in tqdm(blocks, desc="graphs", unit="block", disable=not progress):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from curation.flagging.explain import explain
 from curation.workfolder import CleanResult
 from labels.cli import UserError
 from labels.store import LabelStore
@@ -115,7 +116,8 @@ def identity_view(
 
     - photos: every present photo now labelled `identity`; `section` says where it is drawn (main component, other
       components, isolated, moved here since the clean, deepfakes, removed) and `flag_list` lists its flags (open ones and
-      those already answered) as dicts with id, kind, status, suggested_identity, score and sim_to_suggested.
+      those already answered) as dicts with id, kind, status, suggested_identity, score, sim_to_suggested and why
+      (curation.flagging.explain: the evidence that made the flag).
     - similarity: the cosine matrix of the real, kept photos with embeddings, ordered by component (main first),
       limited to `max_heatmap` photos.
     - suggestions: for each identity a flag suggests, up to `suggestion_photos` of its photos, main component first.
@@ -154,6 +156,7 @@ def identity_view(
                 "suggested_identity": None if pd.isna(f.suggested_identity) else str(f.suggested_identity),
                 "score": None if pd.isna(f.score) else float(f.score),
                 "sim_to_suggested": sim,
+                "why": explain(f.kind, f.details, None if pd.isna(f.score) else float(f.score)),
             }
         )
     photos["flag_list"] = [per_image[int(i)] for i in photos.id]

@@ -89,8 +89,9 @@ SEVERITY: dict[str, float] = {
 # Which report threshold a flag's score is compared with (see curation.flagging for what each score is); kinds not
 # listed compare their cosine with the edge threshold. Scores of RELATIVE kinds are not cosines: their distance to the
 # threshold is measured in units of half the threshold instead of the impostor spread.
-KIND_THRESHOLD: dict[str, str] = {"merge": "merge", "duplicate": "duplicate", "split": "split"}
-RELATIVE: tuple[str, ...] = ("merge", "split")
+KIND_THRESHOLD: dict[str, str] = {"merge": "merge", "duplicate": "duplicate", "split": "split",
+                                  "outlier": "mislabel", "minority": "mislabel"}  # P(wrong identity) vs the flag level
+RELATIVE: tuple[str, ...] = ("merge", "split", "outlier", "minority")
 assert set(SEVERITY) == set(FLAG_KINDS), "every flag kind needs a severity"
 
 
@@ -103,10 +104,12 @@ def flag_worth(flags: pd.DataFrame, summary: ReportSummary) -> np.ndarray:
     """
     edge = summary.thresholds.get("edge")
     t_of = {k: summary.thresholds.get(name, edge) for k, name in KIND_THRESHOLD.items()}
+    # a report from before probabilities scored outlier/minority by a cosine: those compare with the edge as cosines
+    relative = set(RELATIVE) - ({"outlier", "minority"} if "mislabel" not in summary.thresholds else set())
 
     def per_kind(k: str) -> tuple[float, float, float]:  # severity, threshold, scale^2 (None -> NaN)
         t = t_of.get(k, edge)
-        s2 = ((t / 2) ** 2 if t else None) if k in RELATIVE else summary.impostor_spread**2
+        s2 = ((t / 2) ** 2 if t else None) if k in relative else summary.impostor_spread**2
         return SEVERITY.get(k, 1.0), t, s2
 
     codes, kinds = pd.factorize(flags.kind)

@@ -83,6 +83,7 @@ class TrainConfig:
     val_data: str = ""  # a fixed validation set (work or dataset folder) instead of a split of DATA
     max_pos_per_identity: int | None = None  # cap on real-real pairs per identity (None: all C(n,2), as the recipe)
     fake_fraction: float = 0.25  # share of training pairs that are own-deepfake pairs (0..0.5; same-person stay 0.5)
+    distill: float = 0.0  # weight of mean(1 - cos(embedding, the initial model's)) over a batch's real photos (0: off)
     margin_s: float = 64.0
     margin_base: float = 0.35
     margin_alpha: float = 0.1
@@ -162,8 +163,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if not 0.0 < cfg.lr_factor < 1.0:
         raise ConfigError(f"lr_factor must be between 0 and 1, got {cfg.lr_factor}")
-    if cfg.weight_decay < 0 or cfg.workers < 0 or cfg.lr_threshold < 0 or cfg.warmup_steps < 0:
-        raise ConfigError("weight_decay, workers, lr_threshold and warmup_steps cannot be negative")
+    if cfg.weight_decay < 0 or cfg.workers < 0 or cfg.lr_threshold < 0 or cfg.warmup_steps < 0 or cfg.distill < 0:
+        raise ConfigError("weight_decay, workers, lr_threshold, warmup_steps and distill cannot be negative")
     if not 0.0 <= cfg.fake_fraction <= 0.5:
         raise ConfigError(f"fake_fraction must be between 0 and 0.5 (same-person pairs are half), got {cfg.fake_fraction}")
     try:
@@ -215,8 +216,8 @@ def load_config(name_or_file: str) -> dict[str, typing.Any]:
     name, and an unknown one is an error listing the presets.
 
     Example:
-        >>> load_config("finetune-pretrained")["lr"]
-        1e-05
+        >>> load_config("finetune-pretrained")["distill"]
+        50.0
     """
     path = Path(name_or_file)
     if path.suffix.lower() in (".toml", ".yaml", ".yml", ".json") or len(path.parts) > 1:

@@ -196,6 +196,15 @@ def mean(value: torch.Tensor) -> float:
     return float(total) / dist.get_world_size()
 
 
+def total(value: torch.Tensor) -> float:
+    """A scalar summed over ranks (e.g. how many real photos the global batch holds); the value outside torchrun."""
+    if not active():
+        return float(value)
+    out = value.detach().float().reshape(1).clone()
+    dist.all_reduce(out)
+    return float(out)
+
+
 def sync_buffers(module: torch.nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
 

@@ -28,6 +28,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -148,19 +149,40 @@ def warmup_scale(step: int, warmup_steps: int) -> float:
     return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
 
 
+def distill_loss(unit: torch.Tensor, teacher: torch.nn.Module, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """mean(1 - cos) between the unit embeddings `unit` [N, D] of model input `x` and those the frozen `teacher` (the
+    initial weights, in eval mode) gives the same input, over the rows `real` (a bool mask: the batch's real photos;
+    deepfakes are free to move). Same crop, same flip: the batch as the model saw it.
+
+    Why: training the last layers with a high learning rate pushes own-deepfakes away fast but also drags real photos
+    off what the pretrained model knew about them (real EER rises); this term holds them (benchmarks/noisy_vs_clean.py).
+    Under torchrun `x` is this rank's slice: the term is this rank's sum x ranks / the global batch's count of real
+    photos, so DDP's average of the gradients (and of the logged loss) is the global batch's mean, as in one process.
+    """
+    n_real = distributed.total(real.sum())
+    if n_real == 0:
+        return unit.sum() * 0.0
+    with torch.no_grad():
+        target, _ = teacher(x[real])
+    gap = (1 - (unit[real].float() * target.float()).sum(1)).sum()
+    return gap * distributed.world().size / n_real
+
+
 def train_step(
-    model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, device: torch.device, dtype, lr_scale: float = 1.0
+    model, head, loss_fn, batch, opt, scaler, cfg: TrainConfig, device: torch.device, dtype, lr_scale: float = 1.0,
+    teacher: torch.nn.Module | None = None,
 ) -> float:
     """One optimizer step on a batch from the epoch's loader (uint8 crops, turned into model input here by to_input);
     returns the loss. `head` is the AdaFace head (objective adaface) or None; `dtype` the autocast dtype or None.
     `lr_scale` multiplies the learning rate for this step only (the warm-up): the optimizer's own learning rate, which
     the plateau scheduler sets and the saved state holds, is restored right after, so warm-up and scheduler never
-    compound and a resumed run replays the same rates.
+    compound and a resumed run replays the same rates. `teacher` (with cfg.distill > 0): the frozen initial model of
+    `distill_loss`; every real photo of the batch (each pair's first crop, the second unless it is a deepfake) counts.
     Under torchrun `model` and `head` are DDP-wrapped, the batch is this rank's slice, and the loss returned is the mean
     over ranks: the global batch's loss, the same on every rank."""
     model.train()
     if cfg.objective == "pair":
-        crop_a, crop_b, label, _ = batch
+        crop_a, crop_b, label, kind = batch
         # uint8 goes to the GPU (4x fewer bytes than float), the convention is applied there
         x = to_input(torch.cat([crop_a, crop_b]).to(device, non_blocking=True), "adaface")
         with autocast(device, enabled=dtype is not None, dtype=dtype):
@@ -168,12 +190,21 @@ def train_step(
         n = crop_a.shape[0]
         cos = (unit[:n].float() * unit[n:].float()).sum(1)
         loss = loss_fn(cos, label.to(device))
+        if teacher is not None:
+            real = torch.cat([torch.ones(n, dtype=torch.bool), kind != OWN_FAKE]).to(device)
+            with autocast(device, enabled=dtype is not None, dtype=dtype):
+                loss = loss + cfg.distill * distill_loss(unit, teacher, x, real)
     else:
         crops, target = batch
         target = target.to(device)
+        x = to_input(crops.to(device, non_blocking=True), "adaface")
         with autocast(device, enabled=dtype is not None, dtype=dtype):
-            unit, norm = model(to_input(crops.to(device, non_blocking=True), "adaface"))
+            unit, norm = model(x)
         loss = F.cross_entropy(head(unit.float(), norm.float(), target), target)
+        if teacher is not None:  # the AdaFace objective trains on real photos only
+            with autocast(device, enabled=dtype is not None, dtype=dtype):
+                loss = loss + cfg.distill * distill_loss(unit, teacher, x, torch.ones(len(x), dtype=torch.bool,
+                                                                                      device=device))
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.grad_clip is not None:
@@ -300,6 +331,29 @@ def _resumed_model(cfg: TrainConfig, run: RunFolder) -> torch.nn.Module:
     return model
 
 
+def _teacher(
+    cfg: TrainConfig, run: RunFolder, model: torch.nn.Module, *, fresh: bool, device: torch.device
+) -> torch.nn.Module | None:
+    """The frozen initial model `--distill` holds the real photos to (None when distill is 0), in eval mode.
+
+    A fresh run copies the model it starts from; a resumed run rebuilds the same initial weights: from RUN/init.onnx
+    (whose hash _resumed_model checked) for an ONNX embedder, from --init (or the seed, for --init random) for an IR
+    backbone. A frozen copy rather than embeddings stored once: it needs no index of crops and flips, costs one forward
+    pass without gradients per step, and is the same on every rank under torchrun.
+    """
+    if not cfg.distill:
+        return None
+    if fresh:
+        teacher = copy.deepcopy(model)
+    elif isinstance(model, OnnxBackbone):
+        teacher = load_onnx_backbone(run.init_onnx, model.convention)
+    else:
+        torch.manual_seed(cfg.seed)  # as at the start of the run: --init random draws the same weights again
+        teacher = _initial_model(cfg, lambda _: None)
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
 def _meta(cfg: TrainConfig, model, step: int, epoch: int, metrics: dict | None) -> dict:
     meta = {"step": step, "epoch": epoch, "arch": model.arch, "init": cfg.init, "objective": cfg.objective}
     if isinstance(model, OnnxBackbone):
@@ -386,6 +440,7 @@ def _train(
 
     # The AdaFace head and dropout draw from here on, each rank from a stream of its own (rank 0's is the
     # single-process one); a resumed run restores the states.
+    teacher = _teacher(cfg, run, model, fresh=state is None, device=device)
     torch.manual_seed(cfg.seed + world.rank)
     say(set_trainable(model, cfg.trainable).describe())
     model.to(device)
@@ -509,7 +564,7 @@ def _train(
         while step < total:
             for batch in epoch_loader(ep.dataset, cfg, pos * cfg.batch_size, device, world.rank, world.size):
                 value = train_step(net, head_net, loss_fn, batch, opt, scaler, cfg, device, dtype,
-                                   warmup_scale(step, cfg.warmup_steps))
+                                   warmup_scale(step, cfg.warmup_steps), teacher)
                 step, pos = step + 1, pos + 1
                 loss_sum, loss_n = loss_sum + value, loss_n + 1
                 steps_run.append(step)
