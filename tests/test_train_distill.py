@@ -24,8 +24,8 @@ from tests.test_train_onnx import _cfg, _flags, _tuned, glint8, mfn, one_thread 
 QUIET = {"progress": False, "say": lambda _: None}
 
 
-def test_the_loss_adds_distill_times_the_real_photos_drift_from_the_teacher(mfn, glint8):
-    cfg = _cfg(mfn, glint8, "unused", distill=50.0)
+def test_the_loss_adds_distill_times_the_real_photos_drift_from_the_teacher(mfn, glint8, tmp_path):
+    cfg = _cfg(mfn, glint8, tmp_path / "run", distill=50.0)
     data = prepare_data(cfg, say=lambda _: None, progress=False)
     rows = data.table.index.to_numpy()
     a, b = rows[[0, 6, 12, 18]], rows[[1, 7, 13, 19]]
@@ -65,11 +65,11 @@ def tail_runs(mfn, glint8, tmp_path_factory):
     return {d: train(_cfg(mfn, glint8, root / f"d{d}", distill=d, **TAIL), **QUIET) for d in (0.0, 50.0)}
 
 
-def test_distill_keeps_the_real_photos_near_their_start(tail_runs, mfn, glint8):
+def test_distill_keeps_the_real_photos_near_their_start(tail_runs, mfn, glint8, tmp_path):
     # Step 1 starts from the teacher itself: the term is 0, the losses agree; then they part.
     assert tail_runs[50.0].losses[0] == pytest.approx(tail_runs[0.0].losses[0], rel=1e-5)
     assert tail_runs[50.0].losses[1:] != tail_runs[0.0].losses[1:]
-    x = to_input(torch.stack(_training_crops(mfn, glint8)), "adaface")
+    x = to_input(torch.stack(_training_crops(mfn, glint8, tmp_path)), "adaface")
     with torch.no_grad():
         start = load_onnx_backbone(mfn).eval()(x)[0]
         drift = {d: float((1 - (_tuned(r.run, "last.pt")(x)[0] * start).sum(1)).mean()) for d, r in tail_runs.items()}
@@ -77,8 +77,8 @@ def test_distill_keeps_the_real_photos_near_their_start(tail_runs, mfn, glint8):
     assert drift[50.0] < 0.5 * drift[0.0], drift
 
 
-def _training_crops(mfn, glint8) -> list[torch.Tensor]:
-    cfg = _cfg(mfn, glint8, "unused")
+def _training_crops(mfn, glint8, tmp_path) -> list[torch.Tensor]:
+    cfg = _cfg(mfn, glint8, tmp_path / "run")
     data = prepare_data(cfg, say=lambda _: None, progress=False)
     return [data.crops[int(i)] for i in data.table.index]
 
