@@ -109,7 +109,10 @@ def test_a_resumed_ir_run_from_random_weights_gets_the_same_teacher(glint_work, 
 
 @pytest.mark.slow
 def test_torchrun_gives_the_single_process_distilled_run(tail_runs, mfn, glint8, tmp_path):
-    """2 processes of 4 pairs each: the term is the global batch's mean, so the losses are the one-process run's."""
+    """2 processes of 4 pairs each train with the teacher to the one-process run's embeddings (up to float summation
+    order, which Adam amplifies on a few near-zero-gradient weights: embeddings are compared, not weights). These photos
+    hold no deepfakes, so every rank has as many real photos: the global-batch normalisation is not what is tested
+    here (the formula is, in the loss test above)."""
     from tests.test_train_ddp import _finished, _torchrun
 
     data, work = glint8
@@ -118,8 +121,9 @@ def test_torchrun_gives_the_single_process_distilled_run(tail_runs, mfn, glint8,
     _finished(_torchrun(str(work), "--out", str(out), *flags))
     one = train(_cfg(mfn, glint8, tmp_path / "one", distill=50.0, **{**TAIL, "max_steps": 3}), **QUIET)
     assert one.losses == tail_runs[50.0].losses[:3]
-    a, b = _tuned(out, "last.pt").state_dict(), _tuned(one.run, "last.pt").state_dict()
-    start = load_onnx_backbone(mfn).state_dict()
-    assert any(not torch.equal(b[k], start[k]) for k in b)  # the tail trained
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    x = to_input(torch.stack(_training_crops(mfn, glint8, tmp_path)), "adaface")
+    with torch.no_grad():
+        ddp, single, start = (m(x)[0] for m in (_tuned(out, "last.pt"), _tuned(one.run, "last.pt"),
+                                                 load_onnx_backbone(mfn).eval()))
+    gap = float((ddp - single).abs().max())
+    assert gap < 1e-4 and float((single - start).abs().max()) > 100 * gap  # the tail trained, the same way
