@@ -132,6 +132,7 @@ def test_decision_in_the_browser_survives_a_reload(server, browser, tmp_path):
 
 def test_hostile_names_render_as_plain_text_in_the_browser(tmp_path, glint_dir, models_dir, browser):
     """Issue 14: identity, file and reviewer names that Markdown, Streamlit or plotly would format show as they are."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -149,9 +150,15 @@ def test_hostile_names_render_as_plain_text_in_the_browser(tmp_path, glint_dir, 
         def page_text() -> str:
             return browser.find_element(By.TAG_NAME, "body").text.replace("\u2060", "")
 
-        wait.until(lambda d: "Similarity matrix" in page_text() and "Decisions on this identity" in page_text())
+        literals = (hugh, obama, file_name, reviewer)
+        # the page renders in pieces (the photo captions can come after the matrix): wait for all of it, then check
+        try:
+            wait.until(lambda d: "Similarity matrix" in page_text() and "Decisions on this identity" in page_text()
+                       and all(literal in page_text() for literal in literals))
+        except TimeoutException:
+            pass  # the assertions below say which name is missing
         text = page_text()
-        for literal in (hugh, obama, file_name, reviewer):
+        for literal in literals:
             assert literal in text, literal
         content = "[data-testid='stMarkdownContainer'], [data-testid='stHeadingWithActionElements'], .stImage"
         # what Markdown, Streamlit's :red[] and $math$, HTML and autolinking would have made of the names
