@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from curation.training.config import resolve_config
 from curation.training.data import CropPairs, prepare_data
 from curation.training.loop import train, train_step
 from curation.training.pairs import DIFFERENT, OWN_FAKE, SAME
