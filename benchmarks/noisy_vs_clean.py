@@ -64,6 +64,7 @@ from curation.scoring.metrics import equal_error_rate, tar_at_far, verification_
 from curation.training.config import load_config, resolve_config  # noqa: E402
 from curation.training.fakes import make_fakes  # noqa: E402
 from curation.training.loop import train as train_model  # noqa: E402
+from curation.training.trainable import parse_trainable  # noqa: E402
 from embeddings.options import EmbedOptions  # noqa: E402
 from embeddings.align import align  # noqa: E402
 from embeddings.detectors import make_detector  # noqa: E402
@@ -247,13 +248,14 @@ def heldout_figures(emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray, np.n
 def frozen_cut(model: torch.nn.Module, trainable: str) -> str | None:
     """Where the frozen trunk ends for `trainable` ("all": None; "last:K": the latest cut point of the graph with at
     least K layers after it, so the tail that trains may be a few layers longer than K, never shorter)."""
-    if trainable == "all":
+    try:
+        k = parse_trainable(trainable)
+    except ValueError as e:
+        sys.exit(str(e))
+    if k is None:
         return None
-    kind, _, k = trainable.partition(":")
-    if kind != "last" or not k.isdigit() or int(k) < 1:
-        sys.exit(f"--trainable must be 'all' or 'last:K', got {trainable!r}")
     for cut in reversed(model.cut_points()):
-        if model.layers_after(cut) >= int(k):
+        if model.layers_after(cut) >= k:
             return cut
     return None
 

@@ -498,7 +498,6 @@ def review_sample(work: Path, truth: dict, report: dict, *, seed: int = 0) -> Si
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
-    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
