@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.embedders:
             embedder, bare = build(name, Path(tmp), device, args.onnx)
-            embedder.embed(np.zeros((min(args.batch, 8), 112, 112, 3), np.uint8))  # warm-up outside the clock
+            size = embedder.geometry.size
+            embedder.embed(np.zeros((min(args.batch, 8), size, size, 3), np.uint8))  # warm-up outside the clock
             a, result = pass_speed(paths, embedder, Path(tmp) / f"cache-{name}", args)
             ok = [k for k, s in zip(result.keys, result.status) if s == "ok"]
             crops = np.stack([read_crop(crop_path(Path(tmp) / f"cache-{name}", result.align_id, k)) for k in ok])

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with pairs.txt and the photos (default ../shared/faces/lfw_view2)")
     parser.add_argument("--cache", type=Path, required=True, help="crop and embedding cache (reused between runs)")
     parser.add_argument("--model", default="dlib", help="embedder spec (default dlib)")
-    parser.add_argument("--flip", action="store_true", help="fuse each crop with its mirror image")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="fuse each crop with its mirror image (default on, as curation.evaluate)")
     parser.add_argument("--detector", default="dlib", help="detector spec, e.g. dlib+scrfd:FILE (default dlib)")
     parser.add_argument("--face-crops", choices=("auto", "yes", "no"), default="auto",
                         help="centre-crop fallback for photos without a face found (default auto)")

@@ -296,11 +296,13 @@ def clean_dataset(
     *,
     model: str = "dlib",
     device: str = "auto",
+    flip: bool = False,
     options: EmbedOptions | None = None,
     config: FlagConfig | None = None,
 ) -> CleanOutcome:
     """Ingest DATA into WORK, align and embed every readable photo (cached), flag, and write the outputs.
 
+    model, device, flip: the embedder (`curation.cli.build_embedder`).
     options: how the embedding pass runs (detector, --aligned, workers, engine, progress bars; see
     `embeddings.pipeline.embed_images`); default `EmbedOptions()`."""
     from embeddings.pipeline import embed_images
@@ -316,7 +318,7 @@ def clean_dataset(
     summary = ingest(data, work, progress=progress)
     print(summary.report())
     timings["ingest"] = round(time.perf_counter() - t0, 3)
-    embedder = build_embedder(model, device)
+    embedder = build_embedder(model, device, flip)
     with LabelStore.open(work) as store:
         images = store.images(present_only=True, include_removed=False)
         if images.empty:
@@ -468,8 +470,8 @@ def _run_planted(args, work: Path, progress: bool) -> int:
         print(f"planting noise: {source} -> {noisy}")
         noise.plant(source, noisy, min_photos=10, max_photos=40, max_identities=args.demo_identities, seed=args.seed)
     truth = json.loads(truth_path.read_text())
-    outcome = clean_dataset(noisy, work, model=args.model, device=args.device, options=embed_options(args),
-                            config=_config(args))
+    outcome = clean_dataset(noisy, work, model=args.model, device=args.device, flip=args.flip,
+                            options=embed_options(args), config=_config(args))
     print(format_summary(outcome))
     scores = noise.score(outcome.flags, truth)
     sample = review_sample(work, truth, outcome.report, seed=args.seed)
@@ -515,8 +517,8 @@ def _run(args: argparse.Namespace) -> int:
     elif not Path(args.data).is_dir():
         raise UserError(f"{args.data}: not a folder")
     else:
-        outcome = clean_dataset(args.data, work, model=args.model, device=args.device, options=embed_options(args),
-                                config=_config(args))
+        outcome = clean_dataset(args.data, work, model=args.model, device=args.device, flip=args.flip,
+                                options=embed_options(args), config=_config(args))
     print(format_summary(outcome))
     offer_review(work)
     return 0

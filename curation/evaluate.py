@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="operating threshold for accuracy and per-type rates (default: the EER threshold)")
     p.add_argument("--pick", choices=("best", "last"), default="best",
                    help="which validation of a training run to compare (default: best, the lowest eer)")
-    add_embedding_options(p, "DIR/cache inside --out")
+    add_embedding_options(p, "DIR/cache inside --out", flip=True)
     return p
 
 
@@ -161,7 +161,7 @@ def _run_pairs(args) -> int:
     root = args.root if args.root is not None else args.pairs.parent
     pairs = read_pairs(args.pairs, root, ("img1", "img2", "label"), id_column=None)
     labelled = read_labels(pairs, args.pairs)
-    embedder = build_embedder(args.model, args.device)
+    embedder = build_embedder(args.model, args.device, args.flip)
     owned = OutputFolder.claim(args.out, COMMAND)  # before the embedding pass: a refused --out costs nothing
     cache = args.cache or args.out / "cache"
     if cache.absolute().is_relative_to(owned.root):

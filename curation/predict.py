@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from curation.cli import RESUME_HINT, add_embedding_options, check_embedding_options, embed_options
+from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, check_embedding_options, embed_options
 from curation.scoring.predict import FALLBACK_SCORE, manifest_name, predict_pairs, problems_path
 from labels.cli import command_parser, run_command
 from labels.outputs import OutputFolder
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="pair_id,img1,img2 (paths relative to TEST_DIR) instead of the test layout")
     p.add_argument("--fallback-score", type=float, default=FALLBACK_SCORE, metavar="S",
                    help=f"similarity of pairs with an image that cannot be embedded (default: {FALLBACK_SCORE})")
-    add_embedding_options(p, "cache/ beside OUT.csv")
+    add_embedding_options(p, "cache/ beside OUT.csv", flip=True)
     return p
 
 
@@ -79,9 +79,10 @@ def _run(args: argparse.Namespace) -> int:
     listed = problems_path(args.out)
     owned = OutputFolder.claim(args.out.parent, COMMAND, manifest_name=manifest_name(args.out), shared=True)
     owned.check(args.out.name, listed.name)  # refuses, before any work, an OUT this command did not write
+    embedder = build_embedder(args.model, args.device, args.flip)
     pred = predict_pairs(
-        args.test_dir, args.model, cache_dir=args.cache or args.out.parent / "cache", pairs_csv=args.pairs,
-        device=args.device, options=embed_options(args), fallback_score=args.fallback_score,
+        args.test_dir, embedder, cache_dir=args.cache or args.out.parent / "cache", pairs_csv=args.pairs,
+        options=embed_options(args), fallback_score=args.fallback_score,
     )
     owned.write(args.out.name, lambda tmp: pred.scores.to_csv(tmp, index=False))
     owned.write(listed.name, lambda tmp: pred.problems.to_csv(tmp, index=False))

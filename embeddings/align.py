@@ -1,9 +1,11 @@
-"""Aligning a photo to the ArcFace 112x112 template: one face, 5 landmarks, a similarity transform, a warp.
+"""Aligning a photo to an embedder's crop template: one face, 5 landmarks, a similarity transform, a warp.
 
-Why it matters: every IR/ArcFace-family embedder was trained on crops in exactly this template (AdaFace's MTCNN path and
-CVLFace's aligner produce it too); a crop that is shifted or scaled differently costs accuracy silently. So the template
-lives here once, the transform is the least-squares similarity (Umeyama 1991, what insightface uses via scikit-image),
-and the warp fills outside the photo with black (border value 0), as the reference crops do.
+Why it matters: every IR/ArcFace-family embedder was trained on crops in exactly the ArcFace 112x112 template
+(AdaFace's MTCNN path and CVLFace's aligner produce it too), and dlib's ResNet on its own 150x150 chip; a crop that is
+shifted or scaled differently costs accuracy silently. So each template lives here once, as a `CropGeometry` that the
+embedder declares (`Embedder.geometry`) and the pass warps each photo to in one step. The transform is the
+least-squares similarity (Umeyama 1991, what insightface uses via scikit-image), and the warp fills outside the photo
+with black (border value 0), as the reference crops do.
 
 Outcomes are explicit: a crop with `method` "detected" | "center_crop" | "pre-aligned", or no crop and a `problem` that
 says why ("no_face: ...", "bad_size: ..."), so a summary can count them and the review app can show them.
@@ -12,6 +14,7 @@ Example:
     >>> from embeddings.detectors import make_detector
     >>> result = align(read_rgb("ana/1.jpg"), make_detector("dlib"))
     >>> result.crop.shape, result.method                # ((112, 112, 3), 'detected')
+    >>> align(rgb, make_detector("dlib"), geometry=DLIB_CHIP).crop.shape   # (150, 150, 3): dlib's own chip
     >>> align(read_rgb("glint/1.png"), None, aligned=True).method   # 'pre-aligned' (only the size is checked)
 """
 from __future__ import annotations
@@ -31,6 +34,41 @@ ARCFACE_TEMPLATE = np.array(
     dtype=np.float32,
 )
 
+# Where the 5 ArcFace points fall, on average, in dlib's own 150x150 face chip (`dlib.get_face_chip`, padding 0.25).
+# Measured on 200 LFW faces by mapping each chip back to its photo (tests/test_embedders.py re-measures it on a few).
+# Warping the photo straight to these points, in one interpolation, gives the chip dlib's ResNet was trained on (a chip
+# re-cut from our 112x112 ArcFace crop interpolates twice and leaves the bottom ~10% black). LFW View 2 figures for both
+# are in the README.
+DLIB_CHIP_POINTS = np.array(
+    [[48.29, 47.15], [101.06, 47.15], [74.00, 75.71], [51.21, 105.37], [98.67, 105.39]], dtype=np.float32
+)
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """An embedder's input crop: its side in pixels and where the 5 points (ArcFace order) sit in it.
+
+    name: part of the alignment id (so the crops of two geometries never share a cache folder); size: side in pixels;
+    points: 5 (x, y) pairs, as a tuple so that the geometry pickles, compares and hashes as a plain value.
+    """
+
+    name: str
+    size: int
+    points: tuple
+
+    @property
+    def template(self) -> np.ndarray:
+        """The 5 points as float32 [5, 2]."""
+        return np.array(self.points, np.float32)
+
+
+def _as_points(a: np.ndarray) -> tuple:
+    return tuple(tuple(float(v) for v in p) for p in a)
+
+
+ARCFACE = CropGeometry("arcface", CROP_SIZE, _as_points(ARCFACE_TEMPLATE))
+DLIB_CHIP = CropGeometry("dlibchip", 150, _as_points(DLIB_CHIP_POINTS))
+
 # Bump when anything here changes the pixels of a crop: it is part of the crop cache key.
 ALIGN_VERSION = 1
 
@@ -44,7 +82,8 @@ METHODS = ("detected", "center_crop", "pre-aligned")
 class AlignResult:
     """What alignment made of one photo.
 
-    crop: uint8 [112, 112, 3] RGB, or None when there is no usable face.
+    crop: uint8 [size, size, 3] RGB in the requested `CropGeometry` (ArcFace 112x112 by default), or None when there
+      is no usable face.
     landmarks: the 5 points [5, 2] in the source photo (None without a detection).
     box: the chosen face's box (x0, y0, x1, y1) in the source photo (None without a detection).
     method: "detected" | "center_crop" | "pre-aligned" | "" (no crop).
@@ -59,11 +98,13 @@ class AlignResult:
     problem: str | None = None
 
 
-def align_id(detector: str | None, aligned: bool = False) -> str:
-    """Key of an alignment setting: same id <=> same crops. Names the crop cache folder and is part of embedder ids."""
+def align_id(detector: str | None, aligned: bool = False, geometry: CropGeometry = ARCFACE) -> str:
+    """Key of an alignment setting: same id <=> same crops. Names the crop cache folder and is part of embedder ids.
+    The ArcFace geometry adds nothing (the ids of crops cached before geometries existed stay valid)."""
+    shape = "" if geometry == ARCFACE else f"-{geometry.name}{geometry.size}"
     if aligned:
-        return f"prealigned-v{ALIGN_VERSION}"
-    return f"{detector_id(detector or 'dlib')}-v{ALIGN_VERSION}"
+        return f"prealigned{shape}-v{ALIGN_VERSION}"
+    return f"{detector_id(detector or 'dlib')}{shape}-v{ALIGN_VERSION}"
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray = ARCFACE_TEMPLATE) -> np.ndarray:
@@ -147,32 +188,39 @@ def face_crop_points(relative: np.ndarray, face_crops: str) -> np.ndarray | None
     return median.astype(np.float32)
 
 
-def center_crop(rgb: np.ndarray, points: np.ndarray = FACE_CROP_POINTS) -> np.ndarray:
+def center_crop(rgb: np.ndarray, points: np.ndarray = FACE_CROP_POINTS, geometry: CropGeometry = ARCFACE) -> np.ndarray:
     """The crop a face-crop photo gives when its face sits where faces sit in such photos (`points`, fractions of the
     width and height): the stand-in when no detector finds the face (method "center_crop", a weak alignment)."""
     h, w = rgb.shape[:2]
-    return warp(rgb, similarity_transform(np.asarray(points, np.float64) * [w, h]))
+    m = similarity_transform(np.asarray(points, np.float64) * [w, h], geometry.template)
+    return warp(rgb, m, geometry.size)
 
 
-def _check_pre_aligned(rgb: np.ndarray) -> AlignResult:
+def _check_pre_aligned(rgb: np.ndarray, geometry: CropGeometry) -> AlignResult:
     h, w = rgb.shape[:2]
     if (h, w) != (CROP_SIZE, CROP_SIZE):
         return AlignResult(
             None,
             problem=f"bad_size: {w}x{h} pixels, but --aligned expects {CROP_SIZE}x{CROP_SIZE} ArcFace-template crops",
         )
-    return AlignResult(np.ascontiguousarray(rgb), landmarks=ARCFACE_TEMPLATE.copy(), method="pre-aligned")
+    crop = np.ascontiguousarray(rgb)
+    if geometry != ARCFACE:  # the template crop, re-cut to the embedder's geometry (what lies outside it is black)
+        crop = warp(crop, similarity_transform(ARCFACE_TEMPLATE, geometry.template), geometry.size)
+    return AlignResult(crop, landmarks=ARCFACE_TEMPLATE.copy(), method="pre-aligned")
 
 
-def align(rgb: np.ndarray, detector: Detector | None, *, aligned: bool = False) -> AlignResult:
-    """Find the photo's subject and warp it to the ArcFace 112x112 template.
+def align(
+    rgb: np.ndarray, detector: Detector | None, *, aligned: bool = False, geometry: CropGeometry = ARCFACE
+) -> AlignResult:
+    """Find the photo's subject and warp it to the template of `geometry` (default the ArcFace 112x112 one).
 
     rgb: HxWx3 uint8 RGB (as `labels.imagefile.read_rgb` returns). detector: from `embeddings.detectors.make_detector`
-    (unused, and may be None, when aligned=True). aligned: the photos already are template crops; only their size is
-    checked. No crop when no usable face is found (the pass may then take `center_crop`, see embeddings.pipeline).
+    (unused, and may be None, when aligned=True). aligned: the photos already are ArcFace template crops; only their
+    size is checked. No crop when no usable face is found (the pass may then take `center_crop`, see
+    embeddings.pipeline).
     """
     if aligned:
-        return _check_pre_aligned(rgb)
+        return _check_pre_aligned(rgb, geometry)
     if detector is None:
         raise ValueError("align() needs a detector unless aligned=True")
     faces = detector.detect(rgb)
@@ -186,9 +234,9 @@ def align(rgb: np.ndarray, detector: Detector | None, *, aligned: bool = False) 
             problem = f"no_face: face too small (eyes {eyes:.1f} px apart, need {MIN_EYE_DISTANCE:g})"
         else:
             try:
-                m = similarity_transform(face.points)
+                m = similarity_transform(face.points, geometry.template)
             except ValueError as exc:
                 problem = f"no_face: landmarks unusable ({exc})"
             else:
-                return AlignResult(warp(rgb, m), landmarks=face.points, box=face.box, method="detected")
+                return AlignResult(warp(rgb, m, geometry.size), landmarks=face.points, box=face.box, method="detected")
     return AlignResult(None, problem=problem)

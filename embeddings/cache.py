@@ -6,8 +6,8 @@ renamed photo keeps its results and an edited one gets new ones.
 
 Layout under `cache_dir` (WORK/cache in the work folder):
 
-    crops/<align_id>/<key[:2]>/<key>.png       aligned 112x112 RGB crops (lossless, so a crop read back embeds
-                                               exactly like the fresh one)
+    crops/<align_id>/<key[:2]>/<key>.png       aligned RGB crops in the embedder's geometry (ArcFace 112x112, dlib
+                                               150x150; lossless, so a crop read back embeds exactly like the fresh one)
     crops/<align_id>/outcomes/shard-*.npy      one record per photo: method, landmarks, box, problem ("no_face: ...")
     embeddings/<cache_id>/shard-*.npy          one record per photo: L2-normalised embedding (float16) + its norm
 

@@ -1,4 +1,4 @@
-"""Face embedders behind one interface: aligned 112x112 crops in, unit embeddings and their norms out.
+"""Face embedders behind one interface: aligned crops in, unit embeddings and their norms out.
 
 Why one interface: the embedding pass, cleaning, evaluation and the benchmarks must not care whether the vectors come
 from an IR backbone in torch, any ArcFace-style ONNX model, or dlib's pretrained ResNet (the offline default, so a user
@@ -13,6 +13,9 @@ Specs (`make_embedder(spec)`):
                               model's metadata (`embeddings.preprocess.ONNX_CONVENTION_KEY`, written by
                               `curation.export_onnx`), default "arcface_rgb" (insightface models, MobileFaceNet)
 
+Each declares the crop it takes (`Embedder.geometry`): the ArcFace 112x112 template for IR and ONNX models, dlib's own
+150x150 chip for dlib, so that the pass warps every photo once, straight to what the model was trained on.
+
 Example:
     >>> embedder = make_embedder("ir:ir_101:adaface_ir101_webface12m.ckpt", device="auto", flip=True)
     >>> unit, norm = embedder.embed(crops)       # crops: uint8 [N, 112, 112, 3] RGB -> float32 [N, 512], [N]
@@ -25,11 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from embeddings.align import ARCFACE_TEMPLATE, CROP_SIZE, similarity_transform
+from embeddings.align import ARCFACE, CROP_SIZE, DLIB_CHIP, CropGeometry
 from embeddings.backbones import ARCHS, EMBEDDING_SIZE, Backbone
 from embeddings.checkpoints import load_backbone
 from embeddings.detectors import dlib_model_path
@@ -41,18 +43,8 @@ from labels.files import file_sha256
 
 Crops = np.ndarray | torch.Tensor
 
-# Where the 5 ArcFace points fall, on average, in dlib's own 150x150 face chip (`dlib.get_face_chip`, padding 0.25).
-# Measured on 200 LFW faces by mapping each chip back to its photo (tests/test_embedders.py re-measures it on a few).
-# The fixed similarity from the ArcFace template to these points turns our 112x112 crop into the chip dlib's ResNet was
-# trained on; only the bottom ~10% of the chip (below the chin) falls outside our crop and is black.
-# On LFW View-2 fold 1 (600 pairs), EER 1.7% from these chips vs 1.0% from dlib's own chips of the full photo: 5 vs 3
-# errors per 300 pairs, and scaling the chip by +-5% changed it within that noise (1.3%).
-DLIB_CHIP_POINTS = np.array(
-    [[48.29, 47.15], [101.06, 47.15], [74.00, 75.71], [51.21, 105.37], [98.67, 105.39]], dtype=np.float32
-)
-DLIB_CHIP_SIZE = 150
 MIN_DIM = 16  # fewer numbers per face than this is not an embedder (e.g. a detector's score output)
-DLIB_CHIP_VERSION = 1  # bump when DLIB_CHIP_POINTS change: part of the dlib embedder's id
+DLIB_CHIP_VERSION = 2  # bump when the dlib embedder's input changes (2: chips warped from the photo): part of its id
 
 
 class EmbedderError(UserError):
@@ -66,8 +58,10 @@ class Embedder:
     id: cache key (name + weights hash [+ "-flip"]). dim: embedding size. device: where the model runs (the pass pins
     memory when it is CUDA). forward: crops -> raw (unnormalised) float32 [N, dim]. flip: fuse crops with their mirror.
     spec: what `make_embedder` was given ("" for a model in memory), so that another process (a Ray actor) can build
-    the same embedder. per_process: one call uses one core (dlib), so the pass runs a copy in each of its worker
-    processes, one per core; the others keep their intra-op threads (or their GPU) in the main process.
+    the same embedder. geometry: the crop the model takes (`embeddings.align.CropGeometry`: the ArcFace 112x112
+    template, or dlib's 150x150 chip); the pass warps each photo straight to it. per_process: one call uses one core
+    (dlib), so the pass runs a copy in each of its worker processes, one per core; the others keep their intra-op
+    threads (or their GPU) in the main process.
     """
 
     id: str
@@ -77,17 +71,19 @@ class Embedder:
     flip: bool = False
     spec: str = ""
     per_process: bool = False
+    geometry: CropGeometry = ARCFACE
 
     def embed(self, crops: Crops) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 RGB crops [N, 112, 112, 3] (numpy, or a torch tensor such as a pinned DataLoader batch) ->
-        (L2-normalised float32 [N, dim], pre-normalisation norm float32 [N]).
+        """uint8 RGB crops [N, size, size, 3] in this embedder's geometry (112, dlib 150) (numpy, or a torch tensor
+        such as a pinned DataLoader batch) -> (L2-normalised float32 [N, dim], pre-normalisation norm float32 [N]).
 
         With flip, the raw vectors of the crop and its mirror are averaged before normalising (the norm is that of the
         average, so it stays on the scale of a single pass; see `embeddings.backbones.flip_fused_embedding`).
         """
-        if tuple(crops.shape[1:]) != (CROP_SIZE, CROP_SIZE, 3) or crops.dtype not in (np.uint8, torch.uint8):
+        size = self.geometry.size
+        if tuple(crops.shape[1:]) != (size, size, 3) or crops.dtype not in (np.uint8, torch.uint8):
             got = f"{crops.dtype} {tuple(crops.shape)}"
-            raise ValueError(f"expected uint8 crops [N, {CROP_SIZE}, {CROP_SIZE}, 3], got {got}")
+            raise ValueError(f"expected uint8 crops [N, {size}, {size}, 3] ({self.geometry.name}), got {got}")
         if len(crops) == 0:
             return np.zeros((0, self.dim), np.float32), np.zeros(0, np.float32)
         raw = self.forward(crops)
@@ -217,19 +213,15 @@ def _dlib_embedder(flip: bool) -> Embedder:
 
     path = dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
     model = dlib.face_recognition_model_v1(str(path))
-    to_chip = similarity_transform(ARCFACE_TEMPLATE, DLIB_CHIP_POINTS)
 
-    def forward(crops: Crops) -> np.ndarray:
-        crops = crops.numpy() if isinstance(crops, torch.Tensor) else crops
-        chips = [
-            cv2.warpAffine(np.ascontiguousarray(c), to_chip, (DLIB_CHIP_SIZE, DLIB_CHIP_SIZE), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            for c in crops
-        ]
+    def forward(chips: Crops) -> np.ndarray:
+        chips = chips.numpy() if isinstance(chips, torch.Tensor) else chips
+        chips = [np.ascontiguousarray(c) for c in chips]
         return np.array(model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
 
     name = f"dlib-resnet-{file_sha256(path)[:12]}-chip{DLIB_CHIP_VERSION}"
-    return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip, per_process=True)
+    return Embedder(id=name + ("-flip" if flip else ""), dim=128, forward=forward, flip=flip, per_process=True,
+                    geometry=DLIB_CHIP)
 
 
 @dataclass(frozen=True)

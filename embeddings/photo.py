@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from embeddings.align import CROP_SIZE, AlignResult, align, center_crop
+from embeddings.align import ARCFACE, AlignResult, CropGeometry, align, center_crop
 from embeddings.cache import METHOD_CODES, alignment_dtype, crop_path, encode_problem, read_crop, write_crop
 from embeddings.detectors import Detector, DlibDetector, make_detector
 from labels.imagefile import ImageError, read_rgb
@@ -57,7 +57,7 @@ class PhotoAligner:
     then write the crops into `cache_dir` themselves: on a cluster that folder must be on a shared filesystem).
     Call it with (path, content key, mode) -> (crop or None, new alignment record or None, error status or None).
     face_points: for MODE_FALLBACK, where faces sit in this dataset's photos (5 (x, y) fractions of the width and
-    height, `embeddings.align.face_crop_points`).
+    height, `embeddings.align.face_crop_points`). geometry: the crop the embedder takes (part of `align_id`).
     """
 
     detector: str
@@ -65,12 +65,14 @@ class PhotoAligner:
     cache_dir: Path
     align_id: str
     face_points: tuple | None = None
+    geometry: CropGeometry = ARCFACE
 
     def __call__(self, path: str, key: str, mode: int) -> tuple[np.ndarray | None, np.void | None, str | None]:
         target = crop_path(self.cache_dir, self.align_id, key)
         if mode == MODE_FROM_CACHE:
             crop = read_crop(target)
-            if crop is not None and crop.shape == (CROP_SIZE, CROP_SIZE, 3):
+            size = self.geometry.size
+            if crop is not None and crop.shape == (size, size, 3):
                 return crop, None, None
             mode = MODE_ALIGN  # missing or damaged: make it again
         try:
@@ -81,10 +83,11 @@ class PhotoAligner:
         try:
             if mode == MODE_FALLBACK:
                 points = np.array(self.face_points, np.float32)
-                result = AlignResult(center_crop(rgb, points), landmarks=points * [rgb.shape[1], rgb.shape[0]],
+                crop = center_crop(rgb, points, self.geometry)
+                result = AlignResult(crop, landmarks=points * [rgb.shape[1], rgb.shape[0]],
                                      method="center_crop")
             else:
-                result = align(rgb, detector, aligned=self.aligned)
+                result = align(rgb, detector, aligned=self.aligned, geometry=self.geometry)
             if result.crop is not None:
                 write_crop(target, result.crop)
         except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from embeddings.align import CROP_SIZE, face_crop_points
+from embeddings.align import ARCFACE, face_crop_points
 from embeddings.align import align_id as make_align_id
 from embeddings.cache import (
     METHOD_CODES,
@@ -165,14 +165,16 @@ class _Collate:
 
     With an embedder (one that is single-threaded per call, `Embedder.per_process`), the worker that aligned the batch
     embeds it too, so that every core embeds: the batch then travels as its embeddings, not its crops.
-    Returns (crops or None, metas, unit or None, norm or None, id of the embedding process or None).
+    Returns (crops or None, metas, unit or None, norm or None, id of the embedding process or None). size: the crops'
+    side (`CropGeometry.size`), for a batch with none.
     """
 
+    size: int
     embedder: Embedder | None = None
 
     def __call__(self, items: list) -> tuple:
         crops = [crop for _, crop, _, _ in items if crop is not None]
-        empty = torch.zeros((0, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8)
+        empty = torch.zeros((0, self.size, self.size, 3), dtype=torch.uint8)
         stacked = torch.from_numpy(np.stack(crops)) if crops else empty
         metas = [(i, crop is not None, record, error) for i, crop, record, error in items]
         if self.embedder is None:
@@ -196,8 +198,9 @@ def _local_batches(dataset: _AlignDataset, embedder: Embedder | None, batch_size
     in_workers = per_process and workers > 0
     if per_process:  # each batch is embedded by one worker: small ones keep the workers' shares even to the end
         batch_size = min(batch_size, _PER_PROCESS_BATCH)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        collate_fn=_Collate(embedder if in_workers else None), pin_memory=cuda and not in_workers,
+    collate = _Collate(dataset.aligner.geometry.size, embedder if in_workers else None)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        pin_memory=cuda and not in_workers,
                         worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None)
     for crops, metas, unit, norm, pid in loader:
         if embedder is not None and unit is None:
@@ -361,7 +364,8 @@ def _run(
     paths = [Path(p) for p in paths]
     cache_dir = Path(cache_dir)
     fallback = options.face_crops != "no" and not aligned
-    aid = make_align_id(detector, aligned)
+    geometry = embedder.geometry if embedder is not None else ARCFACE
+    aid = make_align_id(detector, aligned, geometry)
     all_keys, errors = _keys_for(paths, keys, progress)
     first: dict[str, int] = {}
     for i, k in enumerate(all_keys):
@@ -436,7 +440,7 @@ def _run(
                 bar.set_postfix(dict(tally), refresh=False)
                 guard.check(len(metas))
 
-    aligner = PhotoAligner(detector, aligned, cache_dir, aid)
+    aligner = PhotoAligner(detector, aligned, cache_dir, aid, geometry=geometry)
     try:
         run_round(np.flatnonzero((modes != 255) & (modes != MODE_FALLBACK)),
                   aligner, "aligning + embedding" if estore is not None else "aligning")

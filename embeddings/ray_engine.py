@@ -39,7 +39,6 @@ from ray.util.debug import log_once
 
 import embeddings
 import labels
-from embeddings.align import CROP_SIZE
 from embeddings.cache import alignment_dtype
 from embeddings.embedders import Embedder, EmbedderError, make_embedder
 from embeddings.photo import Batch, PhotoAligner, get_detector, single_threaded
@@ -47,7 +46,6 @@ from embeddings.photo import Batch, PhotoAligner, get_detector, single_threaded
 __all__ = ["init_ray", "ray_batches"]
 
 _BLOCK_BATCHES = 8  # input block = this many batches: enough blocks to spread, few enough for a 10M-photo plan
-_NO_CROP = np.zeros((CROP_SIZE, CROP_SIZE, 3), np.uint8)
 
 
 class _AlignActor:
@@ -62,10 +60,11 @@ class _AlignActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = [self.aligner(str(p), str(k), int(m)) for p, k, m in zip(batch["path"], batch["key"], batch["mode"])]
         dtype = alignment_dtype()
+        no_crop = np.zeros((self.aligner.geometry.size,) * 2 + (3,), np.uint8)
         records = np.array([r if r is not None else np.zeros((), dtype) for _, r, _ in done], dtype)
         return {
             "task": batch["task"],
-            "crop": np.stack([_NO_CROP if c is None else c for c, _, _ in done]),
+            "crop": np.stack([no_crop if c is None else c for c, _, _ in done]),
             "has_crop": np.array([c is not None for c, _, _ in done]),
             "new": np.array([r is not None for _, r, _ in done]),
             "record": records.view(np.uint8).reshape(len(done), dtype.itemsize),  # raw bytes: any record layout

@@ -258,8 +258,9 @@ def test_pairs_mode_scores_every_pair_and_excludes_only_when_asked(labelled_pair
     assert written.columns.tolist() == ["img1", "img2", "similarity", "label", "type"]
     assert written[["img1", "img2"]].values.tolist() == good[["img1", "img2"]].values.tolist()  # CSV order kept
     # the cached embeddings are float16: cosines agree to ~1e-3
-    reference = independent_similarity(make_embedder(model, device="cpu"), root, good)
+    reference = independent_similarity(make_embedder(model, device="cpu"), root, good, flip=True)  # the default
     np.testing.assert_allclose(written["similarity"], reference, atol=2e-3)
+    assert "-flip@" in out
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     expected = metrics.verification_report(written["similarity"], good["label"], good["type"])
     assert (m["eer"], m["eer_threshold"], m["eer_roc"]) == (expected.eer, expected.eer_threshold, expected.eer_roc)

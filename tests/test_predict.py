@@ -56,11 +56,14 @@ def make_test_set(glint_dir: Path, test_dir: Path, seed: int = 0) -> pd.DataFram
     return pd.DataFrame(rows, columns=["pair_id", "kind", "img1", "img2"])
 
 
-def independent_similarity(embedder, test_dir: Path, pairs: pd.DataFrame) -> np.ndarray:
-    """Cosine of each pair from the model's raw output on the decoded JPEGs: no pass, no cache, no batching."""
+def independent_similarity(embedder, test_dir: Path, pairs: pd.DataFrame, flip: bool = False) -> np.ndarray:
+    """Cosine of each pair from the model's raw output on the decoded JPEGs: no pass, no cache, no batching. With
+    flip, the raw outputs of the crop and of its mirror image are averaged."""
     def unit(name: str) -> np.ndarray:
         crop = np.array(Image.open(test_dir / name).convert("RGB"))
         raw = embedder.forward(crop[None])[0].astype(np.float64)
+        if flip:
+            raw = (raw + embedder.forward(np.ascontiguousarray(crop[None, :, ::-1]))[0]) / 2
         return raw / np.linalg.norm(raw)
 
     return np.array([unit(a) @ unit(b) for a, b in zip(pairs["img1"], pairs["img2"])])
@@ -130,6 +133,10 @@ def test_cli_writes_submission_and_problems_in_csv_order_and_reuses_the_cache(te
         [BROKEN, MISSING]).to_numpy()].ravel()} | {(test_dir / n).read_bytes() for n in pairs["img1"]}
     assert f"{len(readable)} embedded in this run" in first  # each distinct image once
     assert (tmp_path / "sub" / "cache").is_dir()  # the default cache: beside the output
+    scored = listed.reset_index(drop=True)[~broken]  # flip fusion is the default for submissions
+    model = make_embedder(f"onnx:{models_dir / 'mobilefacenet.onnx'}", device="cpu")
+    reference = independent_similarity(model, test_dir, scored, flip=True)
+    np.testing.assert_allclose(sub["similarity"][~broken], reference, atol=2e-3)  # float16 cache: ~1e-3
 
     assert predict.main(argv) == 0  # again: everything comes from the cache, the same file comes out
     second, _ = capsys.readouterr()
