@@ -66,7 +66,7 @@ from curation.training.fakes import make_fakes  # noqa: E402
 from curation.training.loop import train as train_model  # noqa: E402
 from curation.training.trainable import parse_trainable  # noqa: E402
 from embeddings.options import EmbedOptions  # noqa: E402
-from embeddings.align import align  # noqa: E402
+from embeddings.align import align, center_crop  # noqa: E402
 from embeddings.detectors import make_detector  # noqa: E402
 from embeddings.device import pick_device  # noqa: E402
 from embeddings.checkpoints import read_checkpoint  # noqa: E402
@@ -107,8 +107,11 @@ def aligned_crops(root: Path, cache: Path, detector: str = "dlib") -> dict:
     meta = json.loads((root / "meta.json").read_text())
     det = make_detector(detector)
     keys = sorted(meta)
-    crops = [align(read_rgb(root / "images" / k), det, center_crop_fallback=True).crop
-             for k in tqdm(keys, desc=f"aligning {root.name}", unit="photo")]
+    crops = []
+    for k in tqdm(keys, desc=f"aligning {root.name}", unit="photo"):
+        rgb = read_rgb(root / "images" / k)
+        crop = align(rgb, det).crop
+        crops.append(center_crop(rgb) if crop is None else crop)
     kind = [("swap" if "/fake_swap_" in k else "morph") if meta[k] else "real" for k in keys]
     data = {"key": np.array(keys), "identity": np.array([k.split("/")[0] for k in keys]),
             "is_fake": np.array([bool(meta[k]) for k in keys]), "kind": np.array(kind), "crops": np.stack(crops)}

@@ -52,7 +52,7 @@ def test_fakes_are_faces_that_look_like_the_impersonated_identity(fake_set):
     layout = read_layout(out)
     crops, who, fake = [], [], []
     for e in layout.entries:
-        result = align(read_rgb(layout.root / e.path), detector)
+        result = align(read_rgb(layout.root / e.path), detector, geometry=embedder.geometry)
         assert result.crop is not None or not e.is_fake, f"no face found in the fake {e.path}: {result.problem}"
         if result.crop is not None:
             crops.append(result.crop)
