@@ -175,7 +175,7 @@ def test_evaluate_takes_the_fine_tuned_onnx_as_model(onnx_run, glint8, tmp_path,
     pairs.to_csv(tmp_path / "pairs.csv", index=False)
     code = evaluate.main(["--pairs", str(tmp_path / "pairs.csv"), "--root", str(data), "--model",
                           f"onnx:{result.run / 'best.onnx'}", "--aligned", "--device", "cpu", "--workers", "0",
-                          "--out", str(tmp_path / "ev"), "--no-progress"])
+                          "--out", str(tmp_path / "ev"), "--no-progress", "--no-flip"])
     out, err = capsys.readouterr()
     assert code == 0, err
     written = pd.read_csv(tmp_path / "ev" / "scores.csv")
