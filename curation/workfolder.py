@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import torch
 
 from labels.cli import UserError
 from labels.files import atomic_write, write_json
@@ -38,7 +39,9 @@ FLAG_COLUMNS = ["image", "identity", "flag", "component", "suggested_identity", 
 NODE_COLUMNS = ("image_id", "path", "identity", "is_fake", "component", "sim_to_main", "emb_row")
 # Read when present: what decided a deepfake's fake_mismatch.
 OPTIONAL_NODE_COLUMNS = ("best_to_main",)
-_EMBEDDING_BLOCK = 262_144  # rows normalised and written at a time: a 10M-photo array never passes through RAM
+# rows normalised and written at a time: a 10M-photo array never passes through RAM, and a block's temporaries are
+# small enough to be reused from block to block (262,144-row blocks took 9.5 s for 1M x 512 rows, these 5.6 s)
+_EMBEDDING_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ def write_embeddings(work: WorkFolder, emb: np.ndarray, rows: np.ndarray | None 
     """Write rows `rows` of `emb` (all rows when None) as float16 unit vectors, block by block.
 
     Unit rows because precomputed embeddings may hold raw features: the app's dot products must be cosines. `emb`
-    may be a memory map; it is read one block at a time, so a 10M x 512 array never passes through RAM.
+    may be a memory map; it is read one block at a time, so a 10M x 512 array never passes through RAM. float16 is
+    widened and narrowed by torch (the CPU's conversion instructions: ~8x numpy's, the same IEEE rounding).
     """
     n = emb.shape[0] if rows is None else len(rows)
 
@@ -149,8 +153,9 @@ def write_embeddings(work: WorkFolder, emb: np.ndarray, rows: np.ndarray | None 
         out = np.lib.format.open_memmap(tmp, "w+", np.float16, (n, emb.shape[1]))
         for s in range(0, n, _EMBEDDING_BLOCK):
             part = emb[s : s + _EMBEDDING_BLOCK] if rows is None else emb[np.asarray(rows[s : s + _EMBEDDING_BLOCK])]
-            part = np.asarray(part, dtype=np.float32)
-            out[s : s + len(part)] = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+            part = torch.from_numpy(np.ascontiguousarray(part)).float().numpy()
+            unit = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+            out[s : s + len(part)] = torch.from_numpy(unit).half().numpy()
         out.flush()
         del out
 

@@ -243,3 +243,24 @@ def test_a_face_crop_photo_without_a_face_is_embedded_and_flagged_weak_alignment
     assert nodes.loc[f"{name}/{victim.name}", "emb_row"] >= 0  # embedded, in the graph
     report = json.loads((work / "report.json").read_text())
     assert report["weak_alignment"] == 1 and report["embedding_processes"] >= 1
+
+
+def test_load_index_skips_each_bad_row_once_for_its_first_problem(tmp_path):
+    # (image, identity, is_fake, the problem expected: "" for a usable row), written by hand from the rules; a path
+    # seen before counts as a repeat even when its first row was itself skipped (as the row-by-row check did)
+    rows = [
+        ("a/1.jpg", "A", "0", ""), ("", "A", "1", "path"), ("/abs.jpg", "B", "0", "path"), ("x/../y.jpg", "B", "0", "path"),
+        ("c:/x.jpg", "C", "yes", "path"), ("d/1.jpg", "D", "maybe", "fake"), ("e/1.jpg", "a/b", "0", "identity"),
+        ("a/1.jpg", "A", "0", "again"), ("f\\g.jpg", " F ", "true", ""), ("..", "A", "0", "path"),
+        ("a/..b.jpg", "A", "0", ""), ("h/1.jpg", " ", "0", "identity"), ("e/1.jpg", "E", "0", "again"),
+        ("q/r:s.jpg", "Q", "0", ""), ("k/1.jpg", "..", "bad", "fake"),
+    ]
+    pd.DataFrame([r[:3] for r in rows], columns=["image", "identity", "is_fake"]).to_csv(tmp_path / "i.csv", index=False)
+    np.save(tmp_path / "e.npy", np.zeros((len(rows), 4), np.float32))
+    _, index, messages = clean.load_index(tmp_path / "e.npy", tmp_path / "i.csv")
+    assert index.ok.tolist() == [r[3] == "" for r in rows]
+    assert index.image[8] == "f/g.jpg" and index.identity[8] == "F"
+    lines = {"path": [3, 4, 5, 6, 11], "fake": [7, 16], "identity": [8, 13], "again": [9, 14]}  # CSV lines: row + 2
+    assert [m.split(", ")[0].split(": ")[1] for m in messages] == [f"{len(v)} row(s) skipped" for v in lines.values()]
+    for m, shown in zip(messages, lines.values()):
+        assert m.endswith(f"(CSV lines {', '.join(map(str, shown))})")

@@ -53,6 +53,7 @@ from curation.flagging.calibrate import (
 from curation.flagging.graph import (
     CHUNK_ROWS,
     HIST_EDGES,
+    STREAM_BUDGET,
     build_graphs,
     gather,
     padded_rows,
@@ -121,7 +122,7 @@ def _normalised(emb: np.ndarray, valid: np.ndarray, messages: list[str]) -> tupl
     """
     on_disk = isinstance(emb, np.memmap)
     emb = np.asarray(emb)
-    step = slice_rows(emb.shape[1] if emb.ndim == 2 else 1)
+    step = slice_rows(emb.shape[1] if emb.ndim == 2 else 1, STREAM_BUDGET)
     norms = np.empty(len(emb), dtype=np.float32)
     for s in range(0, len(emb), step):
         part = gather(emb, np.arange(s, min(s + step, len(emb))), torch.device("cpu"), torch.float32)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from curation.flagging.calibrate import identity_sums, rowwise_dot
-from curation.flagging.graph import gather, slice_rows
+from curation.flagging.graph import STREAM_BUDGET, gather, slice_rows
 from curation.flagging.search import build_index, knn, plan_index
 
 CORE_FRACTION = 0.6  # share of an identity's photos its centroid is made of (robust to 40% contamination)
@@ -214,7 +214,7 @@ def _neighbour_others(ev: Evidence, emb: np.ndarray, rows: np.ndarray, codes: np
     _, nb = knn(index, ev.centroids, m, nprobe=nprobe)
     row_of = np.full(len(ev.level), -1, np.int64)
     row_of[ev.cent_codes] = np.arange(len(ev.cent_codes))
-    step = max(1, slice_rows(emb.shape[1]) // m)
+    step = max(1, slice_rows(emb.shape[1], STREAM_BUDGET) // m)  # [step, m, D] candidates: small (graph.STREAM_BUDGET)
     cent = torch.from_numpy(ev.centroids)
     for s in range(0, len(rows), step):
         part = rows[s : s + step]
