@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from embeddings.detectors import Detector, choose_central, detector_id
+from embeddings.detectors import Detection, Detector, choose_central, detector_id
 
 CROP_SIZE = 112
 
@@ -36,9 +36,8 @@ ARCFACE_TEMPLATE = np.array(
 
 # Where the 5 ArcFace points fall, on average, in dlib's own 150x150 face chip (`dlib.get_face_chip`, padding 0.25).
 # Measured on 200 LFW faces by mapping each chip back to its photo (tests/test_embedders.py re-measures it on a few).
-# Warping the photo straight to these points, in one interpolation, gives the chip dlib's ResNet was trained on (a chip
-# re-cut from our 112x112 ArcFace crop interpolates twice and leaves the bottom ~10% black). LFW View 2 figures for both
-# are in the README.
+# A face with dlib's 68 landmarks gets dlib's own chip (see CropGeometry.dlib_padding); these 5 points cut the chip for
+# any other face (an SCRFD detection, a pre-aligned crop) in one interpolation, as close to it as 5 points allow.
 DLIB_CHIP_POINTS = np.array(
     [[48.29, 47.15], [101.06, 47.15], [74.00, 75.71], [51.21, 105.37], [98.67, 105.39]], dtype=np.float32
 )
@@ -50,11 +49,16 @@ class CropGeometry:
 
     name: part of the alignment id (so the crops of two geometries never share a cache folder); size: side in pixels;
     points: 5 (x, y) pairs, as a tuple so that the geometry pickles, compares and hashes as a plain value.
+    dlib_padding: when set, a face that comes with dlib's 68 landmarks is cut the way dlib cuts its own chip
+    (`dlib.get_face_chip_details` at this padding: a similarity fitted on 33 of the 68 landmarks, eyebrows, jaw and
+    lower lip left out), not from the 5 points: five points carry each one's landmark noise into the crop, 33 average
+    it out (LFW View 2 figures in the README).
     """
 
     name: str
     size: int
     points: tuple
+    dlib_padding: float | None = None
 
     @property
     def template(self) -> np.ndarray:
@@ -67,7 +71,7 @@ def _as_points(a: np.ndarray) -> tuple:
 
 
 ARCFACE = CropGeometry("arcface", CROP_SIZE, _as_points(ARCFACE_TEMPLATE))
-DLIB_CHIP = CropGeometry("dlibchip", 150, _as_points(DLIB_CHIP_POINTS))
+DLIB_CHIP = CropGeometry("dlibfacechip", 150, _as_points(DLIB_CHIP_POINTS), dlib_padding=0.25)
 
 # Bump when anything here changes the pixels of a crop: it is part of the crop cache key.
 ALIGN_VERSION = 1
@@ -130,6 +134,38 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray = ARCFACE_TEMPLATE) ->
     m[:, :2] = scale * rot
     m[:, 2] = mu_d - scale * rot @ mu_s
     return m
+
+
+def dlib_chip_transform(landmarks68: np.ndarray, size: int, padding: float) -> np.ndarray:
+    """The 2x3 photo -> chip transform of dlib's own face chip (`dlib.get_face_chip_details`) for 68 landmarks.
+
+    dlib describes a chip as a box in the photo and an angle: chip pixel (u, v) is the box centre plus the offset from
+    the chip centre, scaled by (box width - 1) / (size - 1) and rotated by the angle (checked against
+    `dlib.extract_image_chip` in tests/test_align.py). The inverse of that is the transform `warp` takes.
+    """
+    import dlib  # only the dlib detector gives 68 landmarks, so dlib is there
+
+    parts = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in np.asarray(landmarks68)])
+    x0, y0 = parts[0].x, parts[0].y
+    details = dlib.get_face_chip_details(dlib.full_object_detection(dlib.rectangle(x0, y0, x0 + 1, y0 + 1), parts),
+                                         size, padding)
+    box = details.rect
+    scale = (box.width() - 1) / (size - 1)  # dlib's drectangle width counts both edges: right - left + 1
+    cos, sin = np.cos(details.angle), np.sin(details.angle)
+    to_photo = np.array([[cos, -sin], [sin, cos]]) * scale
+    centre = np.array([(box.left() + box.right()) / 2, (box.top() + box.bottom()) / 2])
+    m = np.empty((2, 3))
+    m[:, :2] = np.linalg.inv(to_photo)
+    m[:, 2] = (size - 1) / 2 - m[:, :2] @ centre
+    return m
+
+
+def face_transform(face: Detection, geometry: CropGeometry) -> np.ndarray:
+    """The photo -> crop transform of one detected face: dlib's own chip from its 68 landmarks when the geometry asks
+    for it and the detector gave them, else the least-squares similarity of the 5 points to the template."""
+    if geometry.dlib_padding is not None and face.landmarks68 is not None:
+        return dlib_chip_transform(face.landmarks68, geometry.size, geometry.dlib_padding)
+    return similarity_transform(face.points, geometry.template)
 
 
 def warp(rgb: np.ndarray, m: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
@@ -234,7 +270,7 @@ def align(
             problem = f"no_face: face too small (eyes {eyes:.1f} px apart, need {MIN_EYE_DISTANCE:g})"
         else:
             try:
-                m = similarity_transform(face.points, geometry.template)
+                m = face_transform(face, geometry)
             except ValueError as exc:
                 problem = f"no_face: landmarks unusable ({exc})"
             else:

@@ -32,11 +32,13 @@ from labels.files import file_sha256
 
 @dataclass
 class Detection:
-    """One face: box (x0, y0, x1, y1), 5 landmarks [5, 2] (x, y) in ArcFace order, detector confidence."""
+    """One face: box (x0, y0, x1, y1), 5 landmarks [5, 2] (x, y) in ArcFace order, detector confidence, and from
+    dlib's detector all 68 of its landmarks [68, 2] (dlib cuts its own chip from them, `embeddings.align.DLIB_CHIP`)."""
 
     box: np.ndarray
     points: np.ndarray
     score: float
+    landmarks68: np.ndarray | None = None
 
 
 class Detector(Protocol):
@@ -143,7 +145,8 @@ class DlibDetector:
             full = self._rect(*(int(round(v)) for v in box))
             shape = self._predictor(rgb, full)
             p68 = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], np.float32)
-            faces.append(Detection(box=box.astype(np.float32), points=five_from_68(p68), score=float(s)))
+            faces.append(Detection(box=box.astype(np.float32), points=five_from_68(p68), score=float(s),
+                                   landmarks68=p68))
         return faces
 
 

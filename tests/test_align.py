@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 
 from embeddings.align import (
+    ARCFACE,
     ARCFACE_TEMPLATE,
     CROP_SIZE,
+    DLIB_CHIP,
     FACE_CROP_POINTS,
     align,
     align_id,
     center_crop,
+    dlib_chip_transform,
     face_crop_points,
+    face_transform,
     similarity_transform,
     warp,
 )
@@ -66,6 +70,48 @@ def test_warp_fills_outside_the_photo_with_black():
     assert crop.shape == (CROP_SIZE, CROP_SIZE, 3)
     assert crop[:25].max() == 0 and crop[:, 85:].max() == 0
     assert crop[35:75, 35:75].min() == 255
+
+
+def test_dlib_chip_transform_is_dlibs_own_mapping(lfw_photos, dlib_detector):
+    """dlib_chip_transform reproduces where `dlib.extract_image_chip` samples the photo for dlib's own face chip: chips
+    cut by dlib from images whose pixels hold their own x and y coordinates (bilinear sampling of a linear ramp is
+    exact) give, per chip pixel, the photo point it came from."""
+    import dlib
+
+    for path in lfw_photos[:6]:
+        rgb = read_rgb(path)
+        face = dlib_detector.detect(rgb)[0]
+        m = dlib_chip_transform(face.landmarks68, 150, 0.25)
+        parts = dlib.points([dlib.point(int(x), int(y)) for x, y in face.landmarks68])
+        details = dlib.get_face_chip_details(dlib.full_object_detection(dlib.rectangle(0, 0, 1, 1), parts), 150, 0.25)
+        ys, xs = np.mgrid[: rgb.shape[0], : rgb.shape[1]].astype(np.float32)
+        sampled_x = np.asarray(dlib.extract_image_chip(xs, details))
+        sampled_y = np.asarray(dlib.extract_image_chip(ys, details))
+        v, u = np.mgrid[:150, :150]
+        inside = (sampled_x > 1) & (sampled_x < rgb.shape[1] - 2) & (sampled_y > 1) & (sampled_y < rgb.shape[0] - 2)
+        photo = np.stack([sampled_x[inside], sampled_y[inside]], 1).astype(np.float64)
+        chip = photo @ m[:, :2].T + m[:, 2]  # our photo -> chip transform applied to where dlib sampled
+        assert inside.mean() > 0.5
+        np.testing.assert_allclose(chip, np.stack([u[inside], v[inside]], 1), atol=1e-3)
+
+
+def test_only_a_face_with_68_landmarks_gets_dlibs_own_chip(lfw_photos, dlib_detector, scrfd_detector):
+    """A dlib detection is cut on its 68 landmarks; an SCRFD one (5 points) falls back to the 5-point template fit; the
+    ArcFace geometry always uses the 5 points."""
+    rgb = read_rgb(lfw_photos[0])
+    dlib_face = dlib_detector.detect(rgb)[0]
+    scrfd_face = scrfd_detector.detect(rgb)[0]
+    assert dlib_face.landmarks68.shape == (68, 2) and scrfd_face.landmarks68 is None
+    np.testing.assert_allclose(face_transform(dlib_face, DLIB_CHIP), dlib_chip_transform(dlib_face.landmarks68, 150,
+                                                                                          0.25))
+    np.testing.assert_allclose(face_transform(scrfd_face, DLIB_CHIP),
+                               similarity_transform(scrfd_face.points, DLIB_CHIP.template))
+    np.testing.assert_allclose(face_transform(dlib_face, ARCFACE), similarity_transform(dlib_face.points))
+    five = similarity_transform(dlib_face.points, DLIB_CHIP.template)  # the two fits cut nearly the same chip
+    corners = np.array([[0, 0, 1], [149, 149, 1]], float)
+    photo_68 = np.linalg.solve(np.vstack([face_transform(dlib_face, DLIB_CHIP), [0, 0, 1]]), corners.T)[:2]
+    photo_5 = np.linalg.solve(np.vstack([five, [0, 0, 1]]), corners.T)[:2]
+    assert np.abs(photo_68 - photo_5).max() < 0.1 * rgb.shape[0]
 
 
 @pytest.mark.parametrize("name,other", [("dlib", "scrfd"), ("scrfd", "dlib")])
