@@ -6,10 +6,10 @@ embedding; a pair that still has none counts as an error in every fold (said in 
 accuracy +- standard deviation in the paper's form (and the standard error), the EER over all pairs (bob convention,
 `curation.scoring.metrics`), and how many pairs used a fallback.
 
-Aligning and embedding the 7,701 photos with dlib and flip fusion took 634 s on this project's idle 2-core machine
-(98.98% +- 0.42, EER 0.93%); the caches under `--cache` are reused (content-keyed), so a second run with the same model
+Aligning and embedding the 7,701 photos with dlib and flip fusion took 743 s on this project's 2-core machine
+(99.13% +- 0.43, EER 0.87%); the caches under `--cache` are reused (content-keyed), so a second run with the same model
 only scores. Flip fusion (each crop with its mirror image) is on by default, as in `curation.evaluate`; `--no-flip`
-embeds the same crops once (a second embedding cache; 98.67% +- 0.61, EER 1.30%).
+embeds the same crops once (a second embedding cache).
 
     python benchmarks/lfw_view2.py --cache /tmp/lfw-cache                     # dlib, the offline default
     python benchmarks/lfw_view2.py --cache /tmp/lfw-cache --no-flip           # dlib without flip fusion

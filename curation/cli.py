@@ -52,7 +52,7 @@ def add_embedding_options(
                    "decided from the faces found)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=flip,
                    help="fuse each crop's embedding with its mirror image's: twice the model time; with dlib on LFW "
-                   f"View 2, 98.98%% instead of 98.67%% (default: {'on' if flip else 'off'})")
+                   f"View 2 it took the 5-point chip from 98.67%% to 98.98%% (default: {'on' if flip else 'off'})")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="crops per model call (default: 64)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
