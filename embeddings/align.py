@@ -73,7 +73,8 @@ def _as_points(a: np.ndarray) -> tuple:
 ARCFACE = CropGeometry("arcface", CROP_SIZE, _as_points(ARCFACE_TEMPLATE))
 DLIB_CHIP = CropGeometry("dlibfacechip", 150, _as_points(DLIB_CHIP_POINTS), dlib_padding=0.25)
 
-# Bump when anything here changes the pixels of a crop: it is part of the crop cache key.
+# Bump when anything here changes the pixels of every crop: it is part of the crop cache key. A change to one
+# geometry's crops renames that geometry instead (its name is in the key too), so the other caches stay valid.
 ALIGN_VERSION = 1
 
 # A face whose eyes are closer than this (in source pixels) has too little detail to be worth embedding.
@@ -146,7 +147,7 @@ def dlib_chip_transform(landmarks68: np.ndarray, size: int, padding: float) -> n
     import dlib  # only the dlib detector gives 68 landmarks, so dlib is there
 
     parts = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in np.asarray(landmarks68)])
-    x0, y0 = parts[0].x, parts[0].y
+    x0, y0 = parts[0].x, parts[0].y  # get_face_chip_details reads only the parts, not the detection's box
     details = dlib.get_face_chip_details(dlib.full_object_detection(dlib.rectangle(x0, y0, x0 + 1, y0 + 1), parts),
                                          size, padding)
     box = details.rect
