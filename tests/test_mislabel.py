@@ -121,12 +121,53 @@ def test_outsiders_are_not_in_this_dataset(glint):
         assert "not in this dataset" in explain(x.flag, x.details, x.score)
 
 
+def test_a_photo_matching_one_photo_of_its_nearest_identity_is_suggested_there(glint):
+    """The suggestion's photo-level evidence: `nearest_best_photo` is the best cosine to the main component of the
+    nearest identity (checked against networkx's largest component of that identity's edge graph), and a flagged
+    photo that reaches the match_quantile level of the core photos' own best matches is never "not in this dataset"."""
+    import networkx as nx
+
+    emb, ident = glint
+    rng = np.random.default_rng(3)
+    names = np.array(sorted(set(ident)), dtype=object)
+    moved = rng.choice(len(ident), 24, replace=False)
+    given = ident.copy()
+    given[moved] = [rng.choice(names[names != ident[i]]) for i in moved]
+    res = flag_embeddings(emb, given, device="cpu")
+    t = res.thresholds["edge"]["value"]
+    flags = _photo_flags(res)
+    assert len(set(moved) & set(flags.index)) >= 20
+
+    def main_rows(name):
+        rows = np.flatnonzero(given == name)
+        g = nx.Graph()
+        g.add_nodes_from(rows)
+        sims = emb[rows] @ emb[rows].T
+        g.add_edges_from((rows[a], rows[b]) for a, b in zip(*np.nonzero(np.triu(sims >= t, 1))))
+        return np.array(sorted(max(nx.connected_components(g), key=len)))
+
+    checked = 0
+    for row, f in flags.iterrows():
+        near = f.details["nearest_identity"]
+        if near is None:
+            continue
+        expect = float((emb[main_rows(near)] @ emb[row]).max())
+        assert f.details["nearest_best_photo"] == pytest.approx(expect, abs=2e-4)
+        checked += 1
+    assert checked >= 20
+    level = np.quantile(np.concatenate([
+        [np.sort(emb[main_rows(c)] @ emb[r])[-2] for r in main_rows(c)] for c in names]), 0.01)
+    # the level is taken over the core photos (not all main ones), so only clear cases are asserted
+    clear = [f for _, f in flags.iterrows() if (f.details["nearest_best_photo"] or -1) >= level + 0.01]
+    assert clear and all(f.suggested_identity == f.details["nearest_identity"] for f in clear)
+
+
 def test_explanation_quotes_the_numbers_the_flag_used():
     details = {"own_cosine": 0.8612, "z": -4.21, "degree": 1, "nearest_identity": "Leonardo DiCaprio",
-               "nearest_cosine": 0.9301, "not_in_dataset": False, "group_size": 1}
+               "nearest_cosine": 0.9301, "nearest_best_photo": 0.9512, "not_in_dataset": False, "group_size": 1}
     text = explain("minority", json.dumps(details), 0.973)
     assert text == ("P(wrong identity) 0.97: 0.86 to the folder's core photos (4.2 spreads below its typical photo), "
-                    "one edge, nearest other identity Leonardo DiCaprio 0.93")
+                    "one edge, nearest other identity Leonardo DiCaprio 0.93 (its best photo 0.95)")
     assert explain("duplicate", {"duplicate_of": "a/1.jpg"}, 0.9991) == "a near copy (cosine 0.999) of a/1.jpg"
 
 

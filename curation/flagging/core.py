@@ -93,6 +93,8 @@ class FlagConfig:
     flag_probability: float = 0.5  # a photo is flagged outlier/minority at this P(wrong identity) (curation.flagging.mislabel)
     merge_fit_z: float = -2.0  # a photo this typical of its folder is not flagged for looking like its merge partner
     outsider_probability: float = 0.7  # a flagged photo is "not in this dataset" at this P (curation.flagging.mislabel)
+    match_quantile: float = 0.01  # ... unless one photo of its nearest identity matches it as well as this quantile of
+    # the photos' best match in their own folder (then it is that person, whatever the centroids say)
     seed: int = 0
 
 
@@ -379,6 +381,18 @@ def flag_embeddings(
     t0 = time.perf_counter()
     main_rows = np.flatnonzero(real & (comp == 0))
     main_seg = segments(codes, main_rows, k_ids)
+    # A centroid blurs a varied identity: a flagged photo whose best match among the main photos of its nearest
+    # identity is as close as genuine photos get to their own folder (the match_quantile of the core photos' best
+    # match there) shows that person, even when the outsider model doubts it from the centroids alone.
+    near_rows = flagged_rows[ev.other_code[flagged_rows] >= 0]
+    nearest_best = np.full(n, np.nan, np.float32)
+    one_each = (near_rows, np.arange(len(near_rows)), np.ones(len(near_rows), np.int64))
+    nearest_best[near_rows] = _cross(emb, one_each, np.arange(len(near_rows)), main_seg, ev.other_code[near_rows], t,
+                                     dev)[2]
+    core_best = g.best_to_main[ev.core & (comp == 0)]
+    core_best = core_best[np.isfinite(core_best)]
+    if len(core_best):
+        elsewhere |= nearest_best >= np.quantile(core_best, cfg.match_quantile)
     cent_codes = np.flatnonzero(main_seg[2] > 0)
     sums = identity_sums(emb, codes, main_rows, k_ids)  # [K, D] float32, normalised in place below (no 2nd copy)
     sum_norm = np.concatenate([np.linalg.norm(sums[s : s + step], axis=1) for s in range(0, k_ids, step)])
@@ -503,6 +517,7 @@ def flag_embeddings(
                      details={"own_cosine": _num(ev.own[row]), "z": _num(ev.z[row]),
                               "nearest_identity": names[other] if other >= 0 else None,
                               "nearest_cosine": _num(ev.other[row]), "z_nearest": _num(z_there[row]),
+                              "nearest_best_photo": _num(nearest_best[row]),
                               "not_in_dataset": not elsewhere[row], "degree": int(g.degree[row]),
                               "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]]),
                               "group_size": int(group_size[row])})

@@ -43,7 +43,9 @@ def explain(kind: str, details: dict | str | None, score: float | None = None) -
         if d.get("group_size", 1) > 1:
             parts.append(f"one of a group of {d['group_size']} alike photos")
         if near and cos is not None:
-            parts.append(f"nearest other identity {near} {cos:.2f}")
+            best = _f(d.get("nearest_best_photo"))
+            photo = f" (its best photo {best:.2f})" if best is not None else ""
+            parts.append(f"nearest other identity {near} {cos:.2f}{photo}")
         if d.get("not_in_dataset"):
             parts.append("it fits no identity of this dataset: not in this dataset, remove it")
         p = _f(score if score is not None else d.get("p_wrong"))

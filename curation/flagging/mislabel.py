@@ -12,10 +12,12 @@ puts strangers at 0.8, AdaFace near 0), and how far "unusual for this folder" (z
 - the other side is the dataset's own photos: mostly genuine, partly wrong (positive-unlabelled learning).
 
 Per kind of move, in turn, a sign-constrained logistic g(f) = P(simulated | f) is fitted against the photos the earlier
-kinds leave unexplained; Elkan & Noto (2008): with c = mean g over the simulated photos, P(wrong | f) = (1 - c) / c *
-g / (1 - g), capped at 1. A photo's probability is the largest over the kinds (one linear boundary per kind: "wrong" is
-an OR of them). A second logistic, on simulated moved photos vs simulated outsiders, gives P(the person has no folder)
-from how well a flagged photo fits its nearest other identity and how far that identity stands out from the next.
+kinds leave unexplained (the last, outsiders, then refitted against 1 - P(wrong) of the whole model, so the dataset's
+hard wrong photos do not count as genuine); Elkan & Noto (2008): with c = mean g over the simulated photos, P(wrong | f)
+= (1 - c) / c * g / (1 - g), capped at 1. A photo's probability is the largest over the kinds (one linear boundary per
+kind: "wrong" is an OR of them). A second logistic, on simulated moved photos vs simulated outsiders, gives P(the person
+has no folder) from how well a flagged photo fits its nearest other identity and how far that identity stands out from
+the next.
 
 Example:
     >>> model, p = fit_model(ev, emb, codes, judged_rows)
@@ -36,6 +38,7 @@ CLIP = 40.0
 N_SIMULATED = 20_000  # core photos moved on paper per kind of move
 RIDGE = 1e-3
 MAX_FIT = 100_000  # dataset photos the logistics are fitted on (a random sample beyond it)
+EM_ROUNDS = 3  # refits of the outsider kind against 1 - P(wrong) of the whole model (see fit_model)
 
 
 @dataclass
@@ -172,6 +175,25 @@ def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 30) -> np.
     return beta
 
 
+def _p_wrong(x: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """exp(log ratio) capped at 1, per row of features `x`, for one kind's weights."""
+    return np.exp(np.minimum(x @ beta[:-1] + beta[-1], 0.0))
+
+
+def _fit_kind(genuine: np.ndarray, weight: np.ndarray, imp: np.ndarray) -> np.ndarray:
+    """One kind's log-ratio weights: a logistic of the simulated `imp` against the dataset's photos `genuine`
+    (weighted by `weight`, the share of each still taken for genuine), then Elkan & Noto's correction: with c = mean
+    g over the simulated ones, log ratio = logit g + log((1 - c) / c)."""
+    x = np.vstack([genuine, imp])
+    y = np.concatenate([np.zeros(len(genuine)), np.ones(len(imp))])
+    w = np.concatenate([weight, np.full(len(imp), weight.sum() / len(imp))])
+    beta = _logistic(x, y, w)
+    g_imp = 1 / (1 + np.exp(-np.clip(imp @ beta[:-1] + beta[-1], -50, 50)))
+    c = float(np.clip(g_imp.mean(), 1e-6, 1 - 1e-6))
+    beta[-1] += np.log((1 - c) / c)
+    return beta
+
+
 def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, *, seed: int = 0) -> tuple[
         MislabelModel, np.ndarray]:
     """Fit the model on the judged `rows` (valid real photos of identities with 2+ photos).
@@ -197,15 +219,16 @@ def fit_model(ev: Evidence, emb: np.ndarray, codes: np.ndarray, rows: np.ndarray
     coefs = []
     explained = np.zeros(len(genuine))  # P(wrong) by the kinds fitted so far: out of the next kind's genuine side
     for imp, _ in kinds:
-        x = np.vstack([genuine, imp])
-        y = np.concatenate([np.zeros(len(genuine)), np.ones(len(imp))])
-        w = np.concatenate([1 - explained, np.full(len(imp), (1 - explained).sum() / len(imp))])
-        beta = _logistic(x, y, w)
-        g_imp = 1 / (1 + np.exp(-np.clip(np.hstack([imp, np.ones((len(imp), 1))]) @ beta, -50, 50)))
-        c = float(np.clip(g_imp.mean(), 1e-6, 1 - 1e-6))
-        beta[-1] += np.log((1 - c) / c)  # log ratio: logit g + log((1 - c) / c)
-        coefs.append(beta.tolist())
-        explained = np.maximum(explained, np.exp(np.minimum(np.hstack([genuine, np.ones((len(genuine), 1))]) @ beta, 0)))
+        beta = _fit_kind(genuine, 1 - explained, imp)
+        coefs.append(beta)
+        explained = np.maximum(explained, _p_wrong(genuine, beta))
+    # The outsider kind is fitted last, against what the two moves leave unexplained; but hard wrong photos the
+    # moves miss are then still on its genuine side and pull its boundary past them. So it is refitted a few
+    # times (EM-style) against the photos weighted by 1 - P(wrong) of the whole model, itself included.
+    for _ in range(EM_ROUNDS):
+        p_all = np.max([_p_wrong(genuine, b) for b in coefs], axis=0)
+        coefs[-1] = _fit_kind(genuine, 1 - p_all, kinds[-1][0])
+    coefs = [b.tolist() for b in coefs]
     inside, outside = kinds[0][1], kinds[2][1]
     xo = np.vstack([inside, outside])
     yo = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
