@@ -13,6 +13,7 @@ from curation.flagging import graph as graph_mod
 from curation.flagging.evidence import group_median, loo_cosine
 from curation.flagging.explain import explain
 from curation.flagging.noise import synthetic_embeddings
+from curation.flagging.patterns import plant_pattern
 from embeddings.options import EmbedOptions
 from tests.conftest import copy_identities
 
@@ -226,3 +227,31 @@ def test_a_large_identity_is_compared_in_slices_with_the_same_results(monkeypatc
         np.testing.assert_array_equal(ref.nodes[col], sliced.nodes[col], err_msg=col)
     for col in ("sim_to_main", "best_to_main", "p_wrong"):
         np.testing.assert_allclose(ref.nodes[col], sliced.nodes[col], atol=1e-4, equal_nan=True, err_msg=col)
+
+
+def test_a_photo_closer_to_a_flagged_group_than_to_its_folder_joins_the_group(glint):
+    """Lookalike groups: a weaker photo of the group that P(wrong) alone leaves unflagged joins the group when its best
+    match is a group photo, not a folder mate. The cosines quoted are checked directly, and on planted lookalike groups
+    every photo that joined is truly a wrong one."""
+    emb, ident = glint
+    joined_total = 0
+    for seed in range(4):
+        planted = plant_pattern(ident, emb, "lookalike_cluster", seed=seed, min_photos=5)
+        x, given = emb[planted.rows], planted.given
+        res = flag_embeddings(x, given, device="cpu")
+        flags = _photo_flags(res)
+        for row, f in flags.iterrows():
+            j = f.details.get("joined_group")
+            if j is None:
+                continue
+            joined_total += 1
+            assert planted.wrong[row]
+            mates = np.flatnonzero((given == given[row]) & (np.arange(len(x)) != row))
+            group = [m for m in mates if m in flags.index and flags.loc[m].details["nearest_identity"]
+                     == f.details["nearest_identity"] and "joined_group" not in flags.loc[m].details]
+            rest = [m for m in mates if m not in flags.index]
+            assert j["best_to_group"] == pytest.approx(float((x[group] @ x[row]).max()), abs=2e-4)
+            assert j["best_to_folder"] == pytest.approx(float((x[rest] @ x[row]).max()), abs=2e-4)
+            assert j["best_to_group"] > j["best_to_folder"]
+            assert f.score >= 0.5 and "closer to that group" in explain(f.flag, f.details, f.score)
+    assert joined_total >= 1

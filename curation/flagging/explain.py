@@ -42,6 +42,10 @@ def explain(kind: str, details: dict | str | None, score: float | None = None) -
         near, cos = d.get("nearest_identity"), _f(d.get("nearest_cosine"))
         if d.get("group_size", 1) > 1:
             parts.append(f"one of a group of {d['group_size']} alike photos")
+        joined = d.get("joined_group") or {}
+        if _f(joined.get("best_to_group")) is not None and _f(joined.get("best_to_folder")) is not None:
+            parts.append(f"closer to that group ({joined['best_to_group']:.2f}) than to the rest of its folder "
+                         f"({joined['best_to_folder']:.2f})")
         if near and cos is not None:
             best = _f(d.get("nearest_best_photo"))
             photo = f" (its best photo {best:.2f})" if best is not None else ""
