@@ -7,7 +7,8 @@ best the one-line baseline can do on the same run?
 2. per pattern of curation.flagging.patterns (random 10% / 25%, lookalikes, 3-5 photos of one wrong person, lookalike
    groups, identities of <= 6 photos, outsiders; `aligned` = random 10% on the glint24 crops) and seed, plants the
    noise in the labels, runs `python -m curation.clean --embeddings EMB.npy --index INDEX.csv` on it and scores the
-   outlier+minority flags: precision / recall / F1, the suggested identity's accuracy, the "not in this dataset" rate;
+   outlier+minority flags: precision / recall / F1, the suggested identity's accuracy, the "not in this dataset" rate,
+   and the mean P(wrong identity) beside the planted share of wrong photos (does the probability read as one?);
 3. beside it, in the same run, the centroid baseline (flag a photo whose cosine to its folder's leave-one-out mean is
    below t) with t tuned on that run's truth: an oracle no real user has.
 `--files` also runs the files-level demo (`curation.clean --plant-noise`: merged and split folders, copies, deepfake
@@ -90,8 +91,11 @@ def run_pattern(emb, identity, paths, pattern: str, seed: int, out: Path, min_ph
                   planted.in_dataset[scored])
     s_known = score_flags(sub, flagged[scored], suggested[scored])
     b_known = oracle_baseline(x[scored], sub)
+    # calibration: P(wrong identity) should average to the share of wrong photos
+    p_wrong = pd.read_parquet(WorkFolder(case / "work").nodes, columns=["p_wrong"]).p_wrong.mean()
     return {"pattern": label, "seed": seed, "project": s, "baseline": b, "project_clean_source": s_known,
-            "baseline_clean_source": b_known, "left_out": int((~scored).sum()), "seconds": seconds}
+            "baseline_clean_source": b_known, "left_out": int((~scored).sum()), "seconds": seconds,
+            "mean_p_wrong": float(p_wrong), "share_wrong": float(planted.wrong.mean())}
 
 
 def files_demo(src: Path, out: Path, model: str, seed: int, cache: Path) -> dict:
@@ -141,14 +145,15 @@ def main() -> None:
     print("\nF1 per pattern, project / oracle baseline (threshold tuned on this run's truth); first on every photo, then"
           " with the photos the clean flags in the unplanted source left out (its own errors), for both")
     print("pattern             seed  wrong | project P     R    F1  | baseline P   R    F1  | F1 w/o source errors "
-          "(n left out) | suggested right  not-in-dataset | seconds")
+          "(n left out) | suggested right  not-in-dataset | share wrong / mean P(wrong) | seconds")
     for r in results:
         s, b, sk, bk = r["project"], r["baseline"], r["project_clean_source"], r["baseline_clean_source"]
         sr = "-" if s["suggested_right"] is None else f"{s['suggested_right']:.3f}"
         nd = "-" if s["not_in_dataset"] is None else f"{s['not_in_dataset']:.3f}"
         print(f"{r['pattern']:<18}  {r['seed']:>4}  {s['wrong']:>5} | {s['precision']:.3f} {s['recall']:.3f} "
               f"{s['f1']:.3f} | {b['precision']:.3f} {b['recall']:.3f} {b['f1']:.3f} | {sk['f1']:.3f} / {bk['f1']:.3f} "
-              f"({r['left_out']:>2})      | {sr:>15}  {nd:>14} | {r['seconds']:.1f}")
+              f"({r['left_out']:>2})      | {sr:>15}  {nd:>14} | {r['share_wrong']:.3f} / {r['mean_p_wrong']:.3f}"
+              f"{'':>13} | {r['seconds']:.1f}")
     for s in files:
         print(f"files-level demo: split caught {s['split_caught']}, merge caught {s['merge_caught']} "
               f"({s['split_flags']} split, {s['merge_flags']} merge flags), duplicates recall {s['duplicate_recall']} "
