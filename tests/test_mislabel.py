@@ -59,7 +59,7 @@ def test_single_link_photo_is_flagged_with_its_person(glint):
     flags = _photo_flags(res)
     assert moved in flags.index
     f = flags.loc[moved]
-    assert f.suggested_identity == ident[moved] and f.score >= 0.5
+    assert f.suggested_identity == ident[moved] and f.score >= FlagConfig().flag_probability
     assert f.details["degree"] == int(edges[moved, to]) >= 1  # the edge it had, counted independently
     assert len(flags) - 1 <= 0.03 * len(emb)
 
@@ -253,5 +253,6 @@ def test_a_photo_closer_to_a_flagged_group_than_to_its_folder_joins_the_group(gl
             assert j["best_to_group"] == pytest.approx(float((x[group] @ x[row]).max()), abs=2e-4)
             assert j["best_to_folder"] == pytest.approx(float((x[rest] @ x[row]).max()), abs=2e-4)
             assert j["best_to_group"] > j["best_to_folder"]
-            assert f.score >= 0.5 and "closer to that group" in explain(f.flag, f.details, f.score)
+            assert f.score >= FlagConfig().flag_probability
+            assert "closer to that group" in explain(f.flag, f.details, f.score)
     assert joined_total >= 1

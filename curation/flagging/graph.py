@@ -161,6 +161,63 @@ def padded_rows(order: np.ndarray, starts: np.ndarray, counts: np.ndarray, ids: 
     return np.where(mask, rows, 0), mask
 
 
+def cross_segments(emb, left, lids, right, rids, threshold: float, device: torch.device, budget: int = 1 << 24):
+    """For identity-segment pairs (left[lids[i]], right[rids[i]]): edge density, mean cosine, best cosine, its two rows
+    (a row is not paired with itself).
+
+    left/right: (rows sorted by segment, start per segment, count per segment) as from segments(). Pairs are compared
+    in padded batches of at most `budget` numbers. Returns float32 density, mean, best [P] and int64 rows [P] x 2.
+    """
+    p = len(lids)
+    mean = np.zeros(p, np.float32)
+    density = np.zeros(p, np.float32)
+    best = np.full(p, -np.inf, np.float32)
+    arg_l = np.full(p, -1, np.int64)
+    arg_r = np.full(p, -1, np.int64)
+    if p == 0:
+        return density, mean, best, arg_l, arg_r
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    size = np.maximum(left[2][lids], right[2][rids])
+    order = np.argsort(size, kind="stable")
+    d = emb.shape[1]
+    start = 0
+    while start < p:
+        sl, sr = int(left[2][lids[order[start]]]), int(right[2][rids[order[start]]])
+        end = start + 1
+        while end < p:
+            a, b = max(sl, left[2][lids[order[end]]]), max(sr, right[2][rids[order[end]]])
+            if (end - start + 1) * (a * b + (a + b) * d) > budget:
+                break
+            sl, sr, end = int(a), int(b), end + 1
+        sel = order[start:end]
+        lrows, lmask = padded_rows(*left, lids[sel], sl)
+        rrows, rmask = padded_rows(*right, rids[sel], sr)
+        x = gather(emb, lrows.ravel(), device, dtype).view(len(sel), sl, d)
+        y = gather(emb, rrows.ravel(), device, dtype).view(len(sel), sr, d)
+        sims = torch.bmm(x, y.transpose(1, 2)).float()
+        ok = torch.from_numpy(lmask[:, :, None] & rmask[:, None, :] & (lrows[:, :, None] != rrows[:, None, :]))
+        ok = ok.to(device)  # a row is never paired with itself
+        edges = ((sims >= threshold) & ok).sum((1, 2)).double()
+        n_pairs = ok.sum((1, 2)).clamp(min=1)
+        density[sel] = (edges / n_pairs).cpu().numpy()
+        mean[sel] = ((sims * ok).sum((1, 2)) / n_pairs).cpu().numpy()
+        masked = torch.where(ok, sims, torch.tensor(-torch.inf, device=device)).flatten(1)
+        val, pos = masked.max(1)
+        pos = pos.cpu().numpy()
+        best[sel] = val.cpu().numpy()
+        arg_l[sel] = lrows[np.arange(len(sel)), pos // sr]
+        arg_r[sel] = rrows[np.arange(len(sel)), pos % sr]
+        start = end
+    return density, mean, best, arg_l, arg_r
+
+
+def best_match(emb, rows: np.ndarray, to: np.ndarray, seg, threshold: float, device: torch.device) -> np.ndarray:
+    """Per row, its best cosine to the rows of segment `to[i]` of `seg` (-inf where that segment is empty): how
+    well a photo matches its closest photo of an identity."""
+    one_each = (rows, np.arange(len(rows)), np.ones(len(rows), np.int64))
+    return cross_segments(emb, one_each, np.arange(len(rows)), seg, to, threshold, device)[2]
+
+
 def _blocks(n_real: np.ndarray, n_fake: np.ndarray, ids: np.ndarray, dim: int, block_elems: int):
     """Split identities (already sorted by size) into blocks whose padded tensors stay under `block_elems` numbers."""
     out, start = [], 0

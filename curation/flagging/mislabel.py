@@ -98,18 +98,6 @@ def _best_two(ev: Evidence, codes: np.ndarray, rows: np.ndarray, to: np.ndarray,
     return top[:, 0], np.take_along_axis(code, order, 1)[:, 0], top[:, 1]
 
 
-def features_if_moved(ev: Evidence, codes: np.ndarray, rows: np.ndarray, to: np.ndarray, cos_to: np.ndarray,
-                      *, keep_home: bool = True) -> np.ndarray:
-    """The features `rows` would have if filed under identity `to` (cosine to its centroid `cos_to`).
-
-    Their best other identity is then the best of: their own identity (their leave-one-out `own`; only when keep_home,
-    else the person is not in the dataset), and their nearest other identities that are not `to`.
-    """
-    best, best_c, _ = _best_two(ev, codes, rows, to, keep_home)
-    best = np.where(np.isfinite(best), best, np.nan)
-    return features(ev.z_at(cos_to, to), cos_to, best, ev.z_at(best, best_c), ev.unit)
-
-
 def outsider_features(z_best: np.ndarray, best: np.ndarray, second: np.ndarray, unit: float) -> np.ndarray:
     """[n, 2]: how genuine a wrong photo looks in its best other identity (z), and how far that identity stands out
     from the next one (in units): a moved photo's own person stands out, an outsider's nearest strangers do not."""
