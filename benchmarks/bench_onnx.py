@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embeddings.onnx_export import export_onnx, synthetic_crops  # noqa: E402
 from embeddings.backbones import ARCHS, build_backbone  # noqa: E402
-from embeddings.ortsession import _usable_cores, ort_session  # noqa: E402
+from embeddings.options import usable_cores  # noqa: E402
+from embeddings.ortsession import ort_session  # noqa: E402
 from embeddings.preprocess import to_input  # noqa: E402
 
 
@@ -52,10 +53,10 @@ def sessions(path: Path, explore: bool) -> list[tuple[str, object]]:
     import onnxruntime as ort
 
     found = [("default options", ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])),
-             (f"ort_session: ENABLE_ALL, {_usable_cores()} threads", ort_session(path))]
+             (f"ort_session: ENABLE_ALL, {usable_cores()} threads", ort_session(path))]
     if explore:
         for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
-            for threads in sorted({1, _usable_cores()}):
+            for threads in sorted({1, usable_cores()}):
                 opts = ort.SessionOptions()
                 opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
                 opts.intra_op_num_threads = threads
@@ -95,7 +96,7 @@ def main() -> None:
     ap.add_argument("--explore", action="store_true", help="also time every graph optimisation level x thread count")
     args = ap.parse_args()
 
-    print(f"batch {args.batch}, {args.iters} batches x best of {args.repeat}, {_usable_cores()} usable cores, "
+    print(f"batch {args.batch}, {args.iters} batches x best of {args.repeat}, {usable_cores()} usable cores, "
           f"torch {torch.__version__}")
     header = f"{'arch':<8} {'runtime':<12} {'options':<36} {'images/s':>9} {'vs torch':>9} {'max diff':>9}"
     print(header + "\n" + "-" * len(header))

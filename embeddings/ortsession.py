@@ -14,9 +14,9 @@ Example:
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from embeddings.options import usable_cores
 from labels.cli import UserError
 
 
@@ -31,7 +31,7 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or _usable_cores()
+    opts.intra_op_num_threads = threads or usable_cores()
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         index = int(device.partition(":")[2] or 0)
@@ -40,10 +40,3 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for missing or corrupt files
         raise UserError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
