@@ -34,17 +34,18 @@ from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, emb
 from curation.flagging import FlagConfig, flag_embeddings, noise
 from curation.flagging.calibrate import DEFAULT_TARGET_FMR
 from curation.flagging.demo import DownloadError, fetch_lfw
-from curation.flagging.graph import take_rows
+from curation.flagging.graph import STREAM_BUDGET, slice_rows, take_rows
 from curation.review.queue import summarize_report
 from curation.review.simulate import SimulatedReview, simulate_review
 from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.options import ENGINES, EmbedOptions
 from labels.cli import UserError, command_parser, run_command
-from labels.store import FoundImage, LabelStore, NewFlag, usable_identity_names
+from labels.store import LabelStore, NewFlag, usable_identity_names
 
 SOURCE = "clean"
 WEAK = "embedded from where faces sit in the dataset's other photos (a weak alignment)"
 REVIEW_COMMAND = "streamlit run app.py -- --workdir {work}"
+CLEAN_COLUMNS = ("id", "path", "sha256", "identity", "is_fake")  # what _flag_and_write reads of the store's images
 
 EPILOG = """examples:
   python -m curation.clean photos --workdir work                  # dlib embedder, CPU or GPU as available
@@ -140,10 +141,7 @@ def fill_store_from_index(store: LabelStore, index: pd.DataFrame, root: Path) ->
     if recorded is None:
         store.set_meta(dataset_root=str(root.resolve()), layout="index")
     rows = index[index.ok]
-    store.add_images(
-        FoundImage(path=p, size=0, mtime_ns=0, identity=i, is_fake=bool(f))
-        for p, i, f in zip(rows.image, rows.identity, rows.is_fake)
-    )
+    store.add_index_images(rows.image.tolist(), rows.identity.tolist(), rows.is_fake.to_numpy(bool))
 
 
 # ---- shared: flag what the store holds, write every output --------------------------------------------------------
@@ -259,19 +257,20 @@ def clean_embeddings(
     emb, index, messages = load_index(emb_path, index_path)
     with LabelStore.open(work) as store:
         fill_store_from_index(store, index, Path(index_path).parent)
-        images = store.images(present_only=True, include_removed=False)
-        row_of = dict(zip(index.image[index.ok], np.flatnonzero(index.ok.to_numpy())))
-        src = images.path.map(row_of)
-        unknown = src.isna()
+        images = store.images(present_only=True, include_removed=False, columns=CLEAN_COLUMNS)
+        ok_rows = np.flatnonzero(index.ok.to_numpy())
+        src = pd.Index(index.image.to_numpy()[ok_rows]).get_indexer(images.path)  # the index row of each image, or -1
+        unknown = src < 0
         if unknown.any():
             messages.append(f"{int(unknown.sum())} image(s) in the store are not in {index_path}: left out of this clean")
             images = images[~unknown].reset_index(drop=True)
             src = src[~unknown]
-        rows = src.to_numpy(np.int64)
+        rows = ok_rows[src]
         sub = take_rows(emb, rows)  # the memory map itself when the store lists the index's rows in order
         finite = np.ones(len(sub), bool)
-        for s in range(0, len(sub), 262_144):
-            finite[s : s + 262_144] = np.isfinite(sub[s : s + 262_144]).all(1)
+        step = slice_rows(sub.shape[1], STREAM_BUDGET)  # small slices: 3x faster than 256k rows (see slice_rows)
+        for s in range(0, len(sub), step):
+            finite[s : s + step] = np.isfinite(sub[s : s + step]).all(1)
         if not finite.all():
             messages.append(f"{int((~finite).sum())} embedding row(s) hold NaN or inf: left out of the graphs")
         status = np.where(finite, "ok", "invalid: the embedding holds NaN or inf").tolist()
