@@ -126,6 +126,26 @@ def knn(
     ids = np.full((len(queries), k), -1, dtype=np.int64)
     for s in range(0, len(queries), chunk):
         q = np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32)
-        sims[s : s + chunk], ids[s : s + chunk] = index.search(q, k)
+        sims[s : s + chunk], ids[s : s + chunk] = _search(index, q, k)
     sims[ids < 0] = -np.inf
+    return sims, ids
+
+
+def _search(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """index.search(q, k); an IVF,Flat index on the CPU takes the queries in the order of their nearest list.
+
+    Why: a big batch search over IVF lists is bound by memory traffic, not arithmetic (at 100,000 centroids two threads
+    searched no faster than one), and queries that probe the same lists one after the other find them in the cache:
+    20-50% less time at 100k centroids, with faiss's own results (the coarse search, then `search_preassigned`, is what
+    faiss's `search` does; each query's lists are scanned on their own). Only IVF,Flat: an SQ8 index adds the coarse
+    cosine into each result, and the coarse search of the whole batch rounds a few of them differently from faiss's
+    per-thread slices.
+    """
+    if not isinstance(index, faiss.IndexIVFFlat) or len(q) < 2:
+        return index.search(q, k)
+    coarse_sims, lists = index.quantizer.search(q, index.nprobe)
+    order = np.argsort(lists[:, 0], kind="stable")
+    found = index.search_preassigned(q[order], k, lists[order], coarse_sims[order])
+    sims, ids = np.empty_like(found[0]), np.empty_like(found[1])
+    sims[order], ids[order] = found
     return sims, ids
