@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from curation.flagging.graph import STREAM_BUDGET, gather, slice_rows
+from curation.flagging.graph import STREAM_BUDGET, gather, one_thread, slice_rows
 
 # Default target false-match rate of a graph edge, measured with benchmarks/planted_noise.py (the project's dlib
 # embedder; the 158 LFW identities with 10+ photos, at most 40 each; 10% of photos moved; seeds 0-2), as precision /
@@ -59,6 +59,7 @@ class Threshold:
         return asdict(self) | {"description": self.describe()}
 
 
+@one_thread
 def identity_sums(emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_codes: int) -> np.ndarray:
     """Sum of the embeddings per identity code over `rows` ([n_codes, D] float32; zero rows where none)."""
     out = torch.zeros(n_codes, emb.shape[1], dtype=torch.float32)
@@ -74,6 +75,7 @@ def identity_centroids(emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_c
     return torch.nn.functional.normalize(torch.from_numpy(identity_sums(emb, codes, rows, n_codes)), dim=1).numpy()
 
 
+@one_thread
 def rowwise_dot(emb_a: np.ndarray, a: np.ndarray, emb_b: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of pairs (emb_a[a[i]], emb_b[b[i]]), computed in small slices (see graph.STREAM_BUDGET)."""
     out = np.empty(len(a), dtype=np.float32)

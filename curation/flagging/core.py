@@ -56,6 +56,7 @@ from curation.flagging.graph import (
     STREAM_BUDGET,
     build_graphs,
     gather,
+    one_thread,
     padded_rows,
     scratch_array,
     segments,
@@ -114,6 +115,7 @@ class FlagResult:
     timings: dict = field(default_factory=dict)
 
 
+@one_thread
 def _normalised(emb: np.ndarray, valid: np.ndarray, messages: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Mark NaN/inf/zero rows invalid; renormalise rows only if the input is not unit length already.
 
