@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -159,10 +160,11 @@ def _flag_and_write(
     timings: dict,
     messages: list[str],
     weak: np.ndarray | None = None,
+    filling: Future | None = None,
 ) -> CleanOutcome:
     """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]; weak[i]: photo i was
     embedded from a guessed crop (no face found in a face-crop photo): it stays in the graphs and is flagged
-    weak_alignment."""
+    weak_alignment. filling: the store's fill, still running beside the flagging; awaited before the flags go in."""
     status_arr = np.asarray(status, dtype=object)
     valid = status_arr == "ok"
     res = flag_embeddings(
@@ -173,6 +175,9 @@ def _flag_and_write(
     messages.extend(res.messages)
 
     t0 = time.perf_counter()
+    if filling is not None:
+        filling.result()  # raises what the fill raised
+        timings["store_wait"] = round(time.perf_counter() - t0, 3)
     paths = images.path.to_numpy(dtype=object)
     new_flags: list[NewFlag] = []
     for f in res.flags.itertuples(index=False):
@@ -255,17 +260,30 @@ def clean_embeddings(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     emb, index, messages = load_index(emb_path, index_path)
-    with LabelStore.open(work) as store:
-        fill_store_from_index(store, index, Path(index_path).parent)
-        images = store.images(present_only=True, include_removed=False, columns=CLEAN_COLUMNS)
-        ok_rows = np.flatnonzero(index.ok.to_numpy())
-        src = pd.Index(index.image.to_numpy()[ok_rows]).get_indexer(images.path)  # the index row of each image, or -1
-        unknown = src < 0
-        if unknown.any():
-            messages.append(f"{int(unknown.sum())} image(s) in the store are not in {index_path}: left out of this clean")
-            images = images[~unknown].reset_index(drop=True)
-            src = src[~unknown]
-        rows = ok_rows[src]
+    ok_rows = np.flatnonzero(index.ok.to_numpy())
+    # an empty store will hold exactly the index's usable rows, numbered 1, 2, ... in order: the flagging need not wait
+    # for the fill (SQLite does most of it without holding the GIL, on the core the streaming passes leave free)
+    with LabelStore.open(work) as store, ThreadPoolExecutor(1) as background:  # the fill ends before the store closes
+        filling = None
+        if store.is_empty():
+            filling = background.submit(fill_store_from_index, store, index, Path(index_path).parent)
+            listed = index.iloc[ok_rows]
+            images = pd.DataFrame({"id": np.arange(1, len(ok_rows) + 1), "path": listed.image.to_numpy(),
+                                   "sha256": None, "identity": listed.identity.to_numpy(),
+                                   "is_fake": listed.is_fake.to_numpy(np.int64)})
+            rows = ok_rows
+        else:
+            fill_store_from_index(store, index, Path(index_path).parent)
+            images = store.images(present_only=True, include_removed=False, columns=CLEAN_COLUMNS)
+            src = pd.Index(index.image.to_numpy()[ok_rows]).get_indexer(images.path)  # each image's index row, or -1
+            unknown = src < 0
+            if unknown.any():
+                messages.append(
+                    f"{int(unknown.sum())} image(s) in the store are not in {index_path}: left out of this clean"
+                )
+                images = images[~unknown].reset_index(drop=True)
+                src = src[~unknown]
+            rows = ok_rows[src]
         sub = take_rows(emb, rows)  # the memory map itself when the store lists the index's rows in order
         finite = np.ones(len(sub), bool)
         step = slice_rows(sub.shape[1], STREAM_BUDGET)  # small slices: 3x faster than 256k rows (see slice_rows)
@@ -278,7 +296,7 @@ def clean_embeddings(
         return _flag_and_write(
             store, work, images, sub, status, config=config or FlagConfig(), device=device,
             progress=progress, report_extra={"mode": "embeddings", "embeddings": str(emb_path), "index": str(index_path)},
-            timings=timings, messages=messages,
+            timings=timings, messages=messages, filling=filling,
         )
 
 

@@ -429,7 +429,7 @@ class LabelStore:
         with self.transaction() as db:
             known: dict[str, int] = {}
             touched: set[int] = set()
-            if db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None:  # else every row is new
+            if not self.is_empty():  # else every row is new
                 touched = {r[0] for r in db.execute("SELECT DISTINCT image_id FROM decision_images")}
                 for chunk in _chunks(list({f[8]: None for f in found})):
                     known.update(db.execute(f"SELECT path, id FROM images WHERE path IN ({_marks(chunk)})", chunk))
@@ -451,6 +451,11 @@ class LabelStore:
             )
             db.executemany("UPDATE images SET identity=?, is_fake=? WHERE id=?", relabel)
         return added, updated
+
+    def is_empty(self) -> bool:
+        """No image was ever added: the next add numbers its new images 1, 2, ... in the order it lists them (SQLite
+        gives a new row one more than the largest id, and images are never deleted)."""
+        return self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None
 
     def mark_missing(self, paths: Iterable[str]) -> int:
         """Files a re-ingest no longer finds: kept with their history, left out of export."""
