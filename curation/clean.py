@@ -175,55 +175,58 @@ def _flag_and_write(
     messages.extend(res.messages)
 
     t0 = time.perf_counter()
-    if filling is not None:
-        filling.result()  # raises what the fill raised
-        timings["store_wait"] = round(time.perf_counter() - t0, 3)
-    paths = images.path.to_numpy(dtype=object)
-    new_flags: list[NewFlag] = []
-    for f in res.flags.itertuples(index=False):
-        image = paths[f.row] if f.row >= 0 else None
-        details = dict(f.details)
-        if "duplicate_of_row" in details:
-            details["duplicate_of"] = paths[details.pop("duplicate_of_row")]
-        comp = None if pd.isna(f.component) else int(f.component)
-        sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
-        new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
-    for i in np.flatnonzero(~valid):
-        s = str(status_arr[i])
-        if s.startswith("unreadable_at_ingest"):
-            continue  # ingest flagged it already (source 'ingest')
-        kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
-        if kind:
-            new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
-    for i in np.flatnonzero(weak if weak is not None else []):
-        new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
-    store.replace_flags(SOURCE, new_flags)
     folder = WorkFolder(work)
-    flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
+    # clean/embeddings.npy is written beside the store's work (numpy and torch copy and normalise without the GIL)
+    with ThreadPoolExecutor(1) as background:
+        embeddings = background.submit(write_embeddings, folder, emb, np.flatnonzero(valid))
+        if filling is not None:
+            filling.result()  # raises what the fill raised
+            timings["store_wait"] = round(time.perf_counter() - t0, 3)
+        paths = images.path.to_numpy(dtype=object)
+        new_flags: list[NewFlag] = []
+        for f in res.flags.itertuples(index=False):
+            image = paths[f.row] if f.row >= 0 else None
+            details = dict(f.details)
+            if "duplicate_of_row" in details:
+                details["duplicate_of"] = paths[details.pop("duplicate_of_row")]
+            comp = None if pd.isna(f.component) else int(f.component)
+            sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
+            new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
+        for i in np.flatnonzero(~valid):
+            s = str(status_arr[i])
+            if s.startswith("unreadable_at_ingest"):
+                continue  # ingest flagged it already (source 'ingest')
+            kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
+            if kind:
+                new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
+        for i in np.flatnonzero(weak if weak is not None else []):
+            new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
+        store.replace_flags(SOURCE, new_flags)
+        flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
 
-    emb_row = np.full(len(images), -1, np.int64)
-    emb_row[valid] = np.arange(int(valid.sum()))
-    write_embeddings(folder, emb, np.flatnonzero(valid))
-    nodes = res.nodes
-    nodes_out = pd.DataFrame(
-        {
-            "image_id": images.id.to_numpy(np.int64),
-            "path": paths,
-            "sha256": images.sha256.to_numpy(dtype=object),
-            "identity": images.identity.to_numpy(dtype=object),
-            "is_fake": images.is_fake.to_numpy().astype(bool),
-            "status": status_arr,
-            "component": nodes.component.to_numpy(np.int32),
-            "degree": nodes.degree.to_numpy(np.int32),
-            "sim_to_main": nodes.sim_to_main.to_numpy(np.float32),
-            "best_to_main": nodes.best_to_main.to_numpy(np.float32),
-            "p_wrong": nodes.p_wrong.to_numpy(np.float32),
-            "suggested_identity": nodes.suggested_identity.to_numpy(dtype=object),
-            "flags": nodes["flags"].to_numpy(dtype=object),
-            "emb_row": emb_row,
-        }
-    )
-    write_nodes(folder, nodes_out)
+        emb_row = np.full(len(images), -1, np.int64)
+        emb_row[valid] = np.arange(int(valid.sum()))
+        nodes = res.nodes
+        nodes_out = pd.DataFrame(
+            {
+                "image_id": images.id.to_numpy(np.int64),
+                "path": paths,
+                "sha256": images.sha256.to_numpy(dtype=object),
+                "identity": images.identity.to_numpy(dtype=object),
+                "is_fake": images.is_fake.to_numpy().astype(bool),
+                "status": status_arr,
+                "component": nodes.component.to_numpy(np.int32),
+                "degree": nodes.degree.to_numpy(np.int32),
+                "sim_to_main": nodes.sim_to_main.to_numpy(np.float32),
+                "best_to_main": nodes.best_to_main.to_numpy(np.float32),
+                "p_wrong": nodes.p_wrong.to_numpy(np.float32),
+                "suggested_identity": nodes.suggested_identity.to_numpy(dtype=object),
+                "flags": nodes["flags"].to_numpy(dtype=object),
+                "emb_row": emb_row,
+            }
+        )
+        write_nodes(folder, nodes_out)
+        embeddings.result()
     timings["write"] = round(time.perf_counter() - t0, 3)
 
     counts = Counter(flags_df.flag)
