@@ -65,7 +65,7 @@ from curation.flagging.graph import (
 )
 from curation.flagging.evidence import photo_evidence
 from curation.flagging.mislabel import fit_model, outsider_features
-from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
+from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, indexed_neighbours, knn, plan_index
 from embeddings.device import pick_device
 from labels.cli import UserError
 
@@ -452,7 +452,7 @@ def flag_embeddings(
         timings["search_suggest"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # a merge partner's centroid is nearly the identity's own, so it sits in the same or a neighbouring list
-        c_sims, c_ids = knn(index, cent, km, nprobe=max(1, cfg.nprobe // 4))
+        c_sims, c_ids = indexed_neighbours(index, cent, km, nprobe=max(1, cfg.nprobe // 4))
         a = np.repeat(np.arange(len(cent_codes)), km)
         b = c_ids.ravel()
         keep = (b >= 0) & (b != a)

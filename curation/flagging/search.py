@@ -126,26 +126,40 @@ def knn(
     ids = np.full((len(queries), k), -1, dtype=np.int64)
     for s in range(0, len(queries), chunk):
         q = np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32)
-        sims[s : s + chunk], ids[s : s + chunk] = _search(index, q, k)
+        sims[s : s + chunk], ids[s : s + chunk] = index.search(q, k)
     sims[ids < 0] = -np.inf
     return sims, ids
 
 
-def _search(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """index.search(q, k); an IVF,Flat index on the CPU takes the queries in the order of their nearest list.
 
-    Why: a big batch search over IVF lists is bound by memory traffic, not arithmetic (at 100,000 centroids two threads
-    searched no faster than one), and queries that probe the same lists one after the other find them in the cache:
-    20-50% less time at 100k centroids, with faiss's own results (the coarse search, then `search_preassigned`, is what
-    faiss's `search` does; each query's lists are scanned on their own). Only IVF,Flat: an SQ8 index adds the coarse
-    cosine into each result, and the coarse search of the whole batch rounds a few of them differently from faiss's
-    per-thread slices.
+def indexed_neighbours(
+    index: faiss.Index, vectors: np.ndarray, k: int, *, nprobe: int | None = None, chunk: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
+    """knn(index, vectors, k) for the rows the index was built from (`vectors`, in the order they were added): the k
+    most similar indexed rows of every indexed row (itself among them).
+
+    Why: a batch search over IVF lists is bound by memory traffic, not arithmetic (at 100,000 centroids two threads
+    searched no faster than one), and rows searched in the order of their lists find their neighbours' lists in the
+    cache. An IVF index says which list holds each row, so the order costs nothing; every query is searched on its own,
+    so the results are faiss's, bit for bit. Other indexes: knn as is.
     """
-    if not isinstance(index, faiss.IndexIVFFlat) or len(q) < 2:
-        return index.search(q, k)
-    coarse_sims, lists = index.quantizer.search(q, index.nprobe)
-    order = np.argsort(lists[:, 0], kind="stable")
-    found = index.search_preassigned(q[order], k, lists[order], coarse_sims[order])
-    sims, ids = np.empty_like(found[0]), np.empty_like(found[1])
-    sims[order], ids[order] = found
+    order = _list_order(index)
+    if order is None:
+        return knn(index, vectors, k, nprobe=nprobe)
+    k = max(1, min(k, index.ntotal))
+    sims, ids = np.empty((len(order), k), np.float32), np.empty((len(order), k), np.int64)
+    for s in range(0, len(order), chunk):
+        rows = order[s : s + chunk]  # a chunk's rows gathered at a time: no reordered copy of all of `vectors`
+        sims[rows], ids[rows] = knn(index, vectors[rows], k, nprobe=nprobe, chunk=chunk)
     return sims, ids
+
+
+def _list_order(index: faiss.Index) -> np.ndarray | None:
+    """The ids of an IVF index on the CPU list by list (all of them, each once); None for any other index."""
+    if not isinstance(index, faiss.IndexIVF):
+        return None
+    invlists = index.invlists
+    parts = [faiss.rev_swig_ptr(invlists.get_ids(j), invlists.list_size(j)).copy()
+             for j in range(index.nlist) if invlists.list_size(j)]
+    order = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    return order if len(order) == index.ntotal else None
