@@ -99,7 +99,7 @@ def test_single_photo_identical_photos_and_histogram_bins():
 
 
 def test_streaming_passes_run_on_one_torch_thread_and_give_the_threads_back():
-    """identity_sums (one of the streaming passes) sees one torch thread; the caller's setting comes back after it,
+    """A one_thread pass sees one torch thread; the caller's setting comes back after it,
     also when the pass raises; the sums are the same as a plain numpy sum per identity."""
     seen = []
     probe = one_thread(lambda: seen.append(torch.get_num_threads()))

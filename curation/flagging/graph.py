@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,6 +134,17 @@ def one_thread(pass_function: _F) -> _F:
             return pass_function(*args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+def on_threads(items: Sequence, work: Callable) -> None:
+    """work(item) for every item, on as many Python threads as torch has intra-op threads, each with one torch thread.
+
+    For streaming passes whose items write disjoint outputs: both cores work without a thread-pool barrier per small
+    op (see `one_thread`), and every item computes exactly what it would alone, so results are bit-identical.
+    """
+    workers = min(torch.get_num_threads(), len(items))
+    with torch_threads(1), ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(work, items))
 
 
 @contextmanager
