@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from curation.flagging.calibrate import identity_sums, rowwise_dot
-from curation.flagging.graph import STREAM_BUDGET, gather, one_thread, slice_rows
+from curation.flagging.graph import STREAM_BUDGET, gather, slice_rows
 from curation.flagging.search import build_index, indexed_neighbours, knn, plan_index
 
 CORE_FRACTION = 0.6  # share of an identity's photos its centroid is made of (robust to 40% contamination)
@@ -206,7 +206,6 @@ def _merge_top(ev: Evidence, part: np.ndarray, cos: np.ndarray, code: np.ndarray
         k[part] = np.where(np.isfinite(v), np.take_along_axis(sk, top[:, j : j + 1], 1)[:, 0], -1)
 
 
-@one_thread
 def _neighbour_others(ev: Evidence, emb: np.ndarray, rows: np.ndarray, codes: np.ndarray, index, nprobe: int) -> None:
     """Exact cosines of `rows` to the centroids of their identity's NEIGHBOURS nearest identities."""
     if len(rows) == 0:
@@ -228,7 +227,6 @@ def _neighbour_others(ev: Evidence, emb: np.ndarray, rows: np.ndarray, codes: np
         _merge_top(ev, part, np.where(cand_code >= 0, cos, -np.inf), cand_code)
 
 
-@one_thread
 def best_others(ev: Evidence, emb: np.ndarray, query: np.ndarray, codes: np.ndarray, index, nprobe: int) -> None:
     """Fill ev.other/second/third (and their codes) for the `query` rows: their three nearest identity centroids
     other than their own (faiss; the own identity is searched for too and dropped)."""

@@ -125,7 +125,7 @@ def one_thread(pass_function: _F) -> _F:
     of torch's thread pool. On a machine other processes use too (an embedding job, a test run), each barrier waits
     for a thread the kernel has descheduled. Measured at 1M x 512 float16 rows on 2 cores with two other busy
     processes: identity sums 3.9-10.9 s with two threads, 0.7-0.8 s with one; row-wise dot products 7.7-8.2 s vs 0.9 s.
-    faiss keeps its own threads (a separate OpenMP pool, one parallel region per search).
+    Not for passes that call faiss: its searches ran 1.5x slower with torch set to one thread (measured, not explained).
     """
 
     @functools.wraps(pass_function)
