@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,17 +35,18 @@ from curation.cli import RESUME_HINT, add_embedding_options, build_embedder, emb
 from curation.flagging import FlagConfig, flag_embeddings, noise
 from curation.flagging.calibrate import DEFAULT_TARGET_FMR
 from curation.flagging.demo import DownloadError, fetch_lfw
-from curation.flagging.graph import take_rows
+from curation.flagging.graph import STREAM_BUDGET, slice_rows, take_rows
 from curation.review.queue import summarize_report
 from curation.review.simulate import SimulatedReview, simulate_review
 from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.options import ENGINES, EmbedOptions
 from labels.cli import UserError, command_parser, run_command
-from labels.store import FoundImage, LabelStore, NewFlag, usable_identity_names
+from labels.store import LabelStore, NewFlag, usable_identity_names
 
 SOURCE = "clean"
 WEAK = "embedded from where faces sit in the dataset's other photos (a weak alignment)"
 REVIEW_COMMAND = "streamlit run app.py -- --workdir {work}"
+CLEAN_COLUMNS = ("id", "path", "sha256", "identity", "is_fake")  # what _flag_and_write reads of the store's images
 
 EPILOG = """examples:
   python -m curation.clean photos --workdir work                  # dlib embedder, CPU or GPU as available
@@ -140,10 +142,7 @@ def fill_store_from_index(store: LabelStore, index: pd.DataFrame, root: Path) ->
     if recorded is None:
         store.set_meta(dataset_root=str(root.resolve()), layout="index")
     rows = index[index.ok]
-    store.add_images(
-        FoundImage(path=p, size=0, mtime_ns=0, identity=i, is_fake=bool(f))
-        for p, i, f in zip(rows.image, rows.identity, rows.is_fake)
-    )
+    store.add_index_images(rows.image.tolist(), rows.identity.tolist(), rows.is_fake.to_numpy(bool))
 
 
 # ---- shared: flag what the store holds, write every output --------------------------------------------------------
@@ -161,10 +160,11 @@ def _flag_and_write(
     timings: dict,
     messages: list[str],
     weak: np.ndarray | None = None,
+    filling: Future | None = None,
 ) -> CleanOutcome:
     """images: store rows (id, path, sha256, identity, is_fake), row i <-> emb[i] and status[i]; weak[i]: photo i was
     embedded from a guessed crop (no face found in a face-crop photo): it stays in the graphs and is flagged
-    weak_alignment."""
+    weak_alignment. filling: the store's fill, still running beside the flagging; awaited before the flags go in."""
     status_arr = np.asarray(status, dtype=object)
     valid = status_arr == "ok"
     res = flag_embeddings(
@@ -175,52 +175,58 @@ def _flag_and_write(
     messages.extend(res.messages)
 
     t0 = time.perf_counter()
-    paths = images.path.to_numpy(dtype=object)
-    new_flags: list[NewFlag] = []
-    for f in res.flags.itertuples(index=False):
-        image = paths[f.row] if f.row >= 0 else None
-        details = dict(f.details)
-        if "duplicate_of_row" in details:
-            details["duplicate_of"] = paths[details.pop("duplicate_of_row")]
-        comp = None if pd.isna(f.component) else int(f.component)
-        sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
-        new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
-    for i in np.flatnonzero(~valid):
-        s = str(status_arr[i])
-        if s.startswith("unreadable_at_ingest"):
-            continue  # ingest flagged it already (source 'ingest')
-        kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
-        if kind:
-            new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
-    for i in np.flatnonzero(weak if weak is not None else []):
-        new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
-    store.replace_flags(SOURCE, new_flags)
     folder = WorkFolder(work)
-    flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
+    # clean/embeddings.npy is written beside the store's work (numpy and torch copy and normalise without the GIL)
+    with ThreadPoolExecutor(1) as background:
+        embeddings = background.submit(write_embeddings, folder, emb, np.flatnonzero(valid))
+        if filling is not None:
+            filling.result()  # raises what the fill raised
+            timings["store_wait"] = round(time.perf_counter() - t0, 3)
+        paths = images.path.to_numpy(dtype=object)
+        new_flags: list[NewFlag] = []
+        for f in res.flags.itertuples(index=False):
+            image = paths[f.row] if f.row >= 0 else None
+            details = dict(f.details)
+            if "duplicate_of_row" in details:
+                details["duplicate_of"] = paths[details.pop("duplicate_of_row")]
+            comp = None if pd.isna(f.component) else int(f.component)
+            sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
+            new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
+        for i in np.flatnonzero(~valid):
+            s = str(status_arr[i])
+            if s.startswith("unreadable_at_ingest"):
+                continue  # ingest flagged it already (source 'ingest')
+            kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
+            if kind:
+                new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
+        for i in np.flatnonzero(weak if weak is not None else []):
+            new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
+        store.replace_flags(SOURCE, new_flags)
+        flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
 
-    emb_row = np.full(len(images), -1, np.int64)
-    emb_row[valid] = np.arange(int(valid.sum()))
-    write_embeddings(folder, emb, np.flatnonzero(valid))
-    nodes = res.nodes
-    nodes_out = pd.DataFrame(
-        {
-            "image_id": images.id.to_numpy(np.int64),
-            "path": paths,
-            "sha256": images.sha256.to_numpy(dtype=object),
-            "identity": images.identity.to_numpy(dtype=object),
-            "is_fake": images.is_fake.to_numpy().astype(bool),
-            "status": status_arr,
-            "component": nodes.component.to_numpy(np.int32),
-            "degree": nodes.degree.to_numpy(np.int32),
-            "sim_to_main": nodes.sim_to_main.to_numpy(np.float32),
-            "best_to_main": nodes.best_to_main.to_numpy(np.float32),
-            "p_wrong": nodes.p_wrong.to_numpy(np.float32),
-            "suggested_identity": nodes.suggested_identity.to_numpy(dtype=object),
-            "flags": nodes["flags"].to_numpy(dtype=object),
-            "emb_row": emb_row,
-        }
-    )
-    write_nodes(folder, nodes_out)
+        emb_row = np.full(len(images), -1, np.int64)
+        emb_row[valid] = np.arange(int(valid.sum()))
+        nodes = res.nodes
+        nodes_out = pd.DataFrame(
+            {
+                "image_id": images.id.to_numpy(np.int64),
+                "path": paths,
+                "sha256": images.sha256.to_numpy(dtype=object),
+                "identity": images.identity.to_numpy(dtype=object),
+                "is_fake": images.is_fake.to_numpy().astype(bool),
+                "status": status_arr,
+                "component": nodes.component.to_numpy(np.int32),
+                "degree": nodes.degree.to_numpy(np.int32),
+                "sim_to_main": nodes.sim_to_main.to_numpy(np.float32),
+                "best_to_main": nodes.best_to_main.to_numpy(np.float32),
+                "p_wrong": nodes.p_wrong.to_numpy(np.float32),
+                "suggested_identity": nodes.suggested_identity.to_numpy(dtype=object),
+                "flags": nodes["flags"].to_numpy(dtype=object),
+                "emb_row": emb_row,
+            }
+        )
+        write_nodes(folder, nodes_out)
+        embeddings.result()
     timings["write"] = round(time.perf_counter() - t0, 3)
 
     counts = Counter(flags_df.flag)
@@ -257,21 +263,35 @@ def clean_embeddings(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     emb, index, messages = load_index(emb_path, index_path)
-    with LabelStore.open(work) as store:
-        fill_store_from_index(store, index, Path(index_path).parent)
-        images = store.images(present_only=True, include_removed=False)
-        row_of = dict(zip(index.image[index.ok], np.flatnonzero(index.ok.to_numpy())))
-        src = images.path.map(row_of)
-        unknown = src.isna()
-        if unknown.any():
-            messages.append(f"{int(unknown.sum())} image(s) in the store are not in {index_path}: left out of this clean")
-            images = images[~unknown].reset_index(drop=True)
-            src = src[~unknown]
-        rows = src.to_numpy(np.int64)
+    ok_rows = np.flatnonzero(index.ok.to_numpy())
+    # an empty store will hold exactly the index's usable rows, numbered 1, 2, ... in order: the flagging need not wait
+    # for the fill (SQLite does most of it without holding the GIL, on the core the streaming passes leave free)
+    with LabelStore.open(work) as store, ThreadPoolExecutor(1) as background:  # the fill ends before the store closes
+        filling = None
+        if store.is_empty():
+            filling = background.submit(fill_store_from_index, store, index, Path(index_path).parent)
+            listed = index.iloc[ok_rows]
+            images = pd.DataFrame({"id": np.arange(1, len(ok_rows) + 1), "path": listed.image.to_numpy(),
+                                   "sha256": None, "identity": listed.identity.to_numpy(),
+                                   "is_fake": listed.is_fake.to_numpy(np.int64)})
+            rows = ok_rows
+        else:
+            fill_store_from_index(store, index, Path(index_path).parent)
+            images = store.images(present_only=True, include_removed=False, columns=CLEAN_COLUMNS)
+            src = pd.Index(index.image.to_numpy()[ok_rows]).get_indexer(images.path)  # each image's index row, or -1
+            unknown = src < 0
+            if unknown.any():
+                messages.append(
+                    f"{int(unknown.sum())} image(s) in the store are not in {index_path}: left out of this clean"
+                )
+                images = images[~unknown].reset_index(drop=True)
+                src = src[~unknown]
+            rows = ok_rows[src]
         sub = take_rows(emb, rows)  # the memory map itself when the store lists the index's rows in order
         finite = np.ones(len(sub), bool)
-        for s in range(0, len(sub), 262_144):
-            finite[s : s + 262_144] = np.isfinite(sub[s : s + 262_144]).all(1)
+        step = slice_rows(sub.shape[1], STREAM_BUDGET)  # small slices: 3x faster than 256k rows (see slice_rows)
+        for s in range(0, len(sub), step):
+            finite[s : s + step] = np.isfinite(sub[s : s + step]).all(1)
         if not finite.all():
             messages.append(f"{int((~finite).sum())} embedding row(s) hold NaN or inf: left out of the graphs")
         status = np.where(finite, "ok", "invalid: the embedding holds NaN or inf").tolist()
@@ -279,7 +299,7 @@ def clean_embeddings(
         return _flag_and_write(
             store, work, images, sub, status, config=config or FlagConfig(), device=device,
             progress=progress, report_extra={"mode": "embeddings", "embeddings": str(emb_path), "index": str(index_path)},
-            timings=timings, messages=messages,
+            timings=timings, messages=messages, filling=filling,
         )
 
 

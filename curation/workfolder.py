@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from curation.flagging.graph import one_thread
 from labels.cli import UserError
 from labels.files import atomic_write, write_json
 from labels.store import STORE_NAME, LabelStore
@@ -140,6 +141,7 @@ def write_nodes(work: WorkFolder, nodes: pd.DataFrame) -> Path:
     return atomic_write(work.nodes, lambda tmp: nodes.to_parquet(tmp, index=False))
 
 
+@one_thread
 def write_embeddings(work: WorkFolder, emb: np.ndarray, rows: np.ndarray | None = None) -> Path:
     """Write rows `rows` of `emb` (all rows when None) as float16 unit vectors, block by block.
 

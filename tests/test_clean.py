@@ -159,6 +159,31 @@ def test_embeddings_mode_with_nan_rows_and_bad_index_rows(tmp_path, capsys):
         assert store.dataset_root == tmp_path.resolve()
 
 
+def test_embeddings_mode_fresh_store_and_rerun_write_the_same_outputs(tmp_path):
+    """A first clean flags while the empty store is filled beside it (from the index: the rows the store will hold,
+    numbered 1, 2, ...); a second clean of the same work folder reads them back from the store. Both write the same
+    nodes.parquet and flags.csv, with the ids the store gave."""
+    emb, index, _, _ = _index_dataset(tmp_path)
+    index.loc[4, "identity"] = ""  # a refused row: the ids of the rows after it are one less than their line
+    np.save(tmp_path / "emb.npy", emb)
+    index.to_csv(tmp_path / "index.csv", index=False)
+    work = tmp_path / "w"
+    args = ["--embeddings", str(tmp_path / "emb.npy"), "--index", str(tmp_path / "index.csv"), "--workdir", str(work),
+            "--no-progress"]
+    assert clean.main(args) == 0
+    first = pd.read_parquet(work / "clean" / "nodes.parquet"), (work / "flags.csv").read_text()
+    assert json.loads((work / "report.json").read_text())["timings"]["store_wait"] >= 0  # the fill ran beside
+    assert clean.main(args) == 0
+    assert "store_wait" not in json.loads((work / "report.json").read_text())["timings"]  # read back this time
+    second = pd.read_parquet(work / "clean" / "nodes.parquet"), (work / "flags.csv").read_text()
+    pd.testing.assert_frame_equal(first[0], second[0])
+    assert first[1] == second[1] and "outlier" in first[1]
+    with LabelStore.open(work) as store:
+        stored = store.images()
+    assert first[0].image_id.tolist() == stored.id.tolist() and first[0].path.tolist() == stored.path.tolist()
+    assert len(stored) == len(index) - 1
+
+
 def test_embeddings_mode_refuses_mismatched_rows_and_single_identity(tmp_path, capsys):
     emb, index, _, _ = _index_dataset(tmp_path, dtype=np.float32)
     np.save(tmp_path / "emb.npy", emb[:-1])

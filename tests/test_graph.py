@@ -4,8 +4,10 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import pytest
+import torch
 
-from curation.flagging.graph import HIST_EDGES, build_graphs, components_networkx
+from curation.flagging.calibrate import identity_sums
+from curation.flagging.graph import HIST_EDGES, build_graphs, components_networkx, one_thread
 
 
 def _reference_labels(adj: np.ndarray) -> np.ndarray:
@@ -94,3 +96,31 @@ def test_single_photo_identical_photos_and_histogram_bins():
     # three pairs at cosine 1 fall in the last bin, one at 0 in the bin starting at 0
     assert g.same_identity_hist[-1] == 3
     assert g.same_identity_hist[np.searchsorted(HIST_EDGES, 0.0, side="right") - 1] == 1
+
+
+def test_streaming_passes_run_on_one_torch_thread_and_give_the_threads_back():
+    """A one_thread pass sees one torch thread; the caller's setting comes back after it,
+    also when the pass raises; the sums are the same as a plain numpy sum per identity."""
+    seen = []
+    probe = one_thread(lambda: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        probe()
+        assert seen == [1] and torch.get_num_threads() == 2
+
+        @one_thread
+        def failing():
+            raise RuntimeError("inside")
+
+        with pytest.raises(RuntimeError):
+            failing()
+        assert torch.get_num_threads() == 2
+        rng = np.random.default_rng(0)
+        emb = rng.standard_normal((50, 8)).astype(np.float16)
+        codes = rng.integers(0, 4, 50)
+        expected = np.stack([emb[codes == c].astype(np.float32).sum(0) for c in range(4)])
+        np.testing.assert_allclose(identity_sums(emb, codes, np.arange(50), 4), expected, rtol=1e-5, atol=1e-5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from curation.flagging.noise import synthetic_embeddings
-from curation.flagging.search import DEFAULT_NPROBE, build_index, knn, plan_index, to_gpus
+from curation.flagging.search import DEFAULT_NPROBE, build_index, indexed_neighbours, knn, plan_index, to_gpus
 
 
 def _brute(x, q, k):
@@ -84,6 +84,21 @@ def test_float16_queries_are_widened_chunk_by_chunk():
     b = knn(index, x[:1000].astype(np.float16).astype(np.float32), 3)
     c = knn(index, x[:1000].astype(np.float16), 3, chunk=100)
     assert (a[1][:, 0] == b[1][:, 0]).mean() > 0.99 and np.array_equal(b[1], c[1])
+
+
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQ8", "Flat"])
+def test_indexed_neighbours_are_faiss_own_results_bit_for_bit(factory):
+    """indexed_neighbours searches an IVF index's own rows list by list (for the cache): every row's neighbours and
+    cosines are still exactly what faiss's own search returns for the rows in their order."""
+    _, centres = _centres()
+    index = build_index(centres, factory=factory, nprobe=8)
+    sims, ids = indexed_neighbours(index, centres, 4, nprobe=5, chunk=700)
+    ref_s, ref_i = index.search(centres, 4)
+    assert np.array_equal(ids, ref_i) and np.array_equal(sims, ref_s)
+    assert (ids[:, 0] == np.arange(len(centres))).mean() > 0.99  # itself first
+    if factory != "Flat":
+        lists = index.quantizer.search(centres, 1)[1][:, 0]
+        assert (np.diff(lists) < 0).any()  # the rows' order is not the list order: the reordering was exercised
 
 
 @pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="no GPU visible to faiss")

@@ -10,6 +10,7 @@ import random
 import sqlite3
 import time
 
+import pandas as pd
 import pytest
 
 from labels.store import DecisionRequest, FoundImage, LabelStore, NewFlag, StoreError, UndoConflict
@@ -229,6 +230,26 @@ def test_reingest_through_add_images_keeps_decided_labels(store):
     labels = _labels(store)
     assert labels["A/1.jpg"] == ("B", 0, 0)  # decided: the reviewer's label stays
     assert labels["A/2.jpg"] == ("Z", 0, 0)  # untouched: follows what ingest found
+
+
+def test_index_images_are_stored_as_add_images_stores_them(tmp_path, store):
+    """The columnar add of an index (precomputed embeddings) writes the same rows as add_images with the same
+    FoundImages would, into an empty store and into one with a decision (whose label stays)."""
+    paths = ["A/0.jpg", "Q/0.jpg", "A/9.jpg", "Q/0.jpg"]  # a repeated path ends with its last values
+    identities, fakes = ["Y", "Q", "A", "R"], [False, True, False, False]
+    (i,) = _ids(store, "A/0.jpg")
+    store.decide("move", reviewer="ana", image_ids=[i], target_identity="B")
+    with LabelStore.open(tmp_path / "rows") as fresh, LabelStore.open(tmp_path / "objects") as objects:
+        for s in (store, fresh):
+            assert s.add_index_images(paths, identities, fakes) == ((2, 2) if s is store else (3, 1))
+        objects.add_images(FoundImage(p, 0, 0, n, f) for p, n, f in zip(paths, identities, fakes))
+        assert fresh.images(present_only=False).equals(objects.images(present_only=False))
+        assert fresh.images(columns=["path", "identity"]).columns.tolist() == ["id", "path", "identity"]
+    labels = _labels(store)
+    assert labels["A/0.jpg"] == ("B", 0, 0)  # decided: the reviewer's label stays
+    assert labels["Q/0.jpg"] == ("R", 0, 0) and labels["A/9.jpg"] == ("A", 0, 0)
+    row = store.images(present_only=False).set_index("path").loc["A/0.jpg"]
+    assert row["size"] == 0 and pd.isna(row.sha256) and row.identity_found == "Y"  # refreshed as the index lists it
 
 
 # ---- rebuild against an independent replay ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from curation.flagging.graph import STREAM_BUDGET, gather, slice_rows
+from curation.flagging.graph import STREAM_BUDGET, gather, on_threads, slice_rows
 
 # Default target false-match rate of a graph edge, measured with benchmarks/planted_noise.py (the project's dlib
 # embedder; the 158 LFW identities with 10+ photos, at most 40 each; 10% of photos moved; seeds 0-2), as precision /
@@ -60,12 +60,20 @@ class Threshold:
 
 
 def identity_sums(emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_codes: int) -> np.ndarray:
-    """Sum of the embeddings per identity code over `rows` ([n_codes, D] float32; zero rows where none)."""
+    """Sum of the embeddings per identity code over `rows` ([n_codes, D] float32; zero rows where none).
+
+    The identities are shared out between threads by code (graph.on_threads): each identity's rows are still added
+    in row order, so the sums are bit-identical to one thread's."""
     out = torch.zeros(n_codes, emb.shape[1], dtype=torch.float32)
     step = slice_rows(emb.shape[1], STREAM_BUDGET)
-    for start in range(0, len(rows), step):
-        part = rows[start : start + step]
-        out.index_add_(0, torch.from_numpy(codes[part]), gather(emb, part, torch.device("cpu"), torch.float32))
+    workers = max(1, torch.get_num_threads())
+
+    def add(share: np.ndarray) -> None:
+        for start in range(0, len(share), step):
+            part = share[start : start + step]
+            out.index_add_(0, torch.from_numpy(codes[part]), gather(emb, part, torch.device("cpu"), torch.float32))
+
+    on_threads([rows[codes[rows] % workers == j] for j in range(workers)], add)
     return out.numpy()
 
 
@@ -75,14 +83,18 @@ def identity_centroids(emb: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_c
 
 
 def rowwise_dot(emb_a: np.ndarray, a: np.ndarray, emb_b: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine of pairs (emb_a[a[i]], emb_b[b[i]]), computed in small slices (see graph.STREAM_BUDGET)."""
+    """Cosine of pairs (emb_a[a[i]], emb_b[b[i]]), computed in small slices (see graph.STREAM_BUDGET), the slices
+    shared out between threads (graph.on_threads)."""
     out = np.empty(len(a), dtype=np.float32)
     cpu = torch.device("cpu")
     chunk = slice_rows(emb_a.shape[1], STREAM_BUDGET)
-    for s in range(0, len(a), chunk):
+
+    def dot(s: int) -> None:
         x = gather(emb_a, a[s : s + chunk], cpu, torch.float32)
         y = gather(emb_b, b[s : s + chunk], cpu, torch.float32)
         out[s : s + chunk] = (x * y).sum(1).numpy()
+
+    on_threads(range(0, len(a), chunk), dot)
     return out
 
 

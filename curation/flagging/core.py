@@ -58,6 +58,7 @@ from curation.flagging.graph import (
     build_graphs,
     cross_segments,
     gather,
+    one_thread,
     scratch_array,
     segments,
     slice_rows,
@@ -65,7 +66,7 @@ from curation.flagging.graph import (
 )
 from curation.flagging.evidence import photo_evidence
 from curation.flagging.mislabel import fit_model, outsider_features
-from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
+from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, indexed_neighbours, knn, plan_index
 from embeddings.device import pick_device
 from labels.cli import UserError
 
@@ -126,6 +127,7 @@ class FlagResult:
     timings: dict = field(default_factory=dict)
 
 
+@one_thread
 def _normalised(emb: np.ndarray, valid: np.ndarray, messages: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Mark NaN/inf/zero rows invalid; renormalise rows only if the input is not unit length already.
 
@@ -459,7 +461,7 @@ def flag_embeddings(
         timings["search_suggest"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # a merge partner's centroid is nearly the identity's own, so it sits in the same or a neighbouring list
-        c_sims, c_ids = knn(index, cent, km, nprobe=max(1, cfg.nprobe // 4))
+        c_sims, c_ids = indexed_neighbours(index, cent, km, nprobe=max(1, cfg.nprobe // 4))
         a = np.repeat(np.arange(len(cent_codes)), km)
         b = c_ids.ravel()
         keep = (b >= 0) & (b != a)

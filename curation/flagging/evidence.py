@@ -31,7 +31,7 @@ import torch
 
 from curation.flagging.calibrate import identity_sums, rowwise_dot
 from curation.flagging.graph import STREAM_BUDGET, gather, slice_rows
-from curation.flagging.search import build_index, knn, plan_index
+from curation.flagging.search import build_index, indexed_neighbours, knn, plan_index
 
 CORE_FRACTION = 0.6  # share of an identity's photos its centroid is made of (robust to 40% contamination)
 SPREAD_PRIOR = 5.0  # weight, in photos, of the dataset's typical spread in each identity's spread
@@ -211,7 +211,7 @@ def _neighbour_others(ev: Evidence, emb: np.ndarray, rows: np.ndarray, codes: np
     if len(rows) == 0:
         return
     m = min(NEIGHBOURS + 1, len(ev.cent_codes))
-    _, nb = knn(index, ev.centroids, m, nprobe=nprobe)
+    _, nb = indexed_neighbours(index, ev.centroids, m, nprobe=nprobe)
     row_of = np.full(len(ev.level), -1, np.int64)
     row_of[ev.cent_codes] = np.arange(len(ev.cent_codes))
     step = max(1, slice_rows(emb.shape[1], STREAM_BUDGET) // m)  # [step, m, D] candidates: small (graph.STREAM_BUDGET)
