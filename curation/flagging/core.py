@@ -473,8 +473,9 @@ def flag_embeddings(
         # the dot product of the two identities' mean embeddings, so this test needs no photo at all; only the
         # pairs that pass it are compared photo by photo (edge density, duplicates).
         cross_mean = c_sims.ravel()[keep] * mean_norm[ca] * mean_norm[cb]
-        own = np.nanmean(np.stack([own_mean[ca], own_mean[cb]]), axis=0)
-        own = np.where(np.isfinite(own), own, cross_mean)  # single photos on both sides: nothing to compare with
+        both = np.stack([own_mean[ca], own_mean[cb]])
+        seen = np.isfinite(both).sum(0)  # 0: single photos on both sides, nothing to compare with
+        own = np.where(seen > 0, np.nansum(both, 0) / np.maximum(seen, 1), cross_mean)
         ratio = (cross_mean - imp_mean) / np.maximum(own - imp_mean, 1e-6)
         sel = ratio >= cfg.merge_ratio
         pairs, first = np.unique(np.sort(np.stack([ca[sel], cb[sel]], 1), axis=1), axis=0, return_index=True)
