@@ -425,7 +425,6 @@ class LabelStore:
 
     def _add_rows(self, found: list[tuple]) -> tuple[int, int]:
         """add_images on rows (sha256, size, mtime_ns, width, height, identity, is_fake as 0/1, problem, path)."""
-        added = updated = 0
         with self.transaction() as db:
             known: dict[str, int] = {}
             touched: set[int] = set()
@@ -434,10 +433,10 @@ class LabelStore:
                 for chunk in _chunks(list({f[8]: None for f in found})):
                     known.update(db.execute(f"SELECT path, id FROM images WHERE path IN ({_marks(chunk)})", chunk))
             # first appearance order = id order, as one insert per row would give; a repeated path keeps its last values
-            new = {f[8]: f for f in found if f[8] not in known} if known else {f[8]: f for f in found}
+            new = {f[8]: f for f in found if f[8] not in known}
             added = len(new)
             updated = len(found) - added
-            refresh = [(*f[:8], known[f[8]]) for f in found if f[8] in known] if known else []
+            refresh = [(*f[:8], known[f[8]]) for f in found if f[8] in known]
             relabel = [(f[5], f[6], i) for *f, i in refresh if i not in touched]
             db.executemany(
                 "INSERT INTO images(sha256, size, mtime_ns, width, height, identity_found, fake_found, problem,"

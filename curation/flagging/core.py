@@ -188,20 +188,25 @@ def _near_copies(emb, codes, rows, n_codes, dup_t, device, budget=1 << 24):
     return np.concatenate(out_row), np.concatenate(out_twin), np.concatenate(out_sim)
 
 
-def _joins_group(emb, codes, nearest, wrong, judged, n_codes, t, device):
+def _group_key(codes: np.ndarray, nearest: np.ndarray, n_codes: int) -> np.ndarray:
+    """(folder, nearest other identity) as one integer per row: the flagged photos sharing one are a group."""
+    return codes * (n_codes + 1) + nearest + 1
+
+
+def _joins_group(emb, codes, nearest, prob, wrong, judged, n_codes, t, device):
     """Photos the probability left unflagged that belong to a flagged group of their folder.
 
     A group of 2-4 photos of a lookalike sits in a folder as a small community: each of its photos is closest to the
     others, and the weaker ones, judged one by one, stay just under the flag. A judged photo joins the group when its
     nearest other identity is the group's and its best match among the group's photos is closer than its best match
     among the rest of its folder (its folder mates vouch for it only through the group).
-    Returns (rows, best cosine to the group, best cosine to the rest of the folder).
+    Returns (rows, their group's mean P(wrong), best cosine to the group, best cosine to the rest of the folder).
     """
-    empty = np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.float32)
+    empty = np.empty(0, np.int64), *(np.empty(0, np.float32) for _ in range(3))
     flagged = judged[wrong[judged]]
     if len(flagged) == 0:
         return empty
-    key = codes * (n_codes + 1) + nearest + 1  # (folder, nearest identity), as _groups groups them
+    key = _group_key(codes, nearest, n_codes)
     gkeys = np.unique(key[flagged])
     rest = judged[~wrong[judged]]
     cand = rest[(nearest[rest] >= 0) & np.isin(key[rest], gkeys)]
@@ -209,10 +214,12 @@ def _joins_group(emb, codes, nearest, wrong, judged, n_codes, t, device):
         return empty
     gid = np.full(len(codes), -1, np.int64)
     gid[flagged] = np.searchsorted(gkeys, key[flagged])
-    to_group = best_match(emb, cand, np.searchsorted(gkeys, key[cand]), segments(gid, flagged, len(gkeys)), t, device)
+    cand_gid = np.searchsorted(gkeys, key[cand])
+    to_group = best_match(emb, cand, cand_gid, segments(gid, flagged, len(gkeys)), t, device)
     to_folder = best_match(emb, cand, codes[cand], segments(codes, rest, n_codes), t, device)
     join = np.isfinite(to_folder) & (to_group > to_folder)
-    return cand[join], to_group[join], to_folder[join]
+    group_p = np.bincount(gid[flagged], prob[flagged], len(gkeys)) / np.bincount(gid[flagged], minlength=len(gkeys))
+    return cand[join], group_p[cand_gid[join]].astype(np.float32), to_group[join], to_folder[join]
 
 
 def _groups(codes, nearest, rows, comp, n_codes):
@@ -226,7 +233,7 @@ def _groups(codes, nearest, rows, comp, n_codes):
     size = np.ones(n, np.int64)
     if len(rows) == 0:
         return number, size
-    key = codes[rows] * (n_codes + 1) + (nearest[rows] + 1)
+    key = _group_key(codes[rows], nearest[rows], n_codes)
     uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
     size[rows] = cnt[inv]
     multi = cnt[inv] > 1
@@ -350,13 +357,12 @@ def flag_embeddings(
     prob[judged_rows] = p
     # all-identical photos (see the message above): no fit means anything, so no photo is called wrong
     wrong = (prob >= cfg.flag_probability) & (edge.method != "target_fmr" or edge.value <= 0.999)
-    joined, to_group, to_folder = _joins_group(emb, codes, ev.other_code, wrong, judged_rows, k_ids, t, dev)
-    if len(joined):  # as likely wrong as the group it sits with
-        gkey = codes * (k_ids + 1) + ev.other_code + 1
-        peers = np.flatnonzero(wrong)
-        mean_p = pd.Series(prob[peers]).groupby(gkey[peers]).mean()
-        prob[joined] = np.maximum(prob[joined], mean_p.reindex(gkey[joined]).to_numpy(np.float32))
-        wrong[joined] = True
+    joined, group_p, to_group, to_folder = _joins_group(emb, codes, ev.other_code, prob, wrong, judged_rows, k_ids, t,
+                                                        dev)
+    prob[joined] = np.maximum(prob[joined], group_p)  # as likely wrong as the group it sits with
+    wrong[joined] = True
+    joined_best = np.full((n, 2), np.nan, np.float32)  # per joined photo: best cosine to its group, to its folder
+    joined_best[joined] = np.stack([to_group, to_folder], 1)
     outlier = wrong & (comp == -1)
     minority = wrong & (comp != -1)
     flagged_rows = np.flatnonzero(wrong)
@@ -502,7 +508,6 @@ def flag_embeddings(
     t0 = time.perf_counter()
 
     # ---- assemble -----------------------------------------------------------------------------------------------
-    joined_at = {int(r): j for j, r in enumerate(joined)}
     for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
         for row in rows:
             if ev.z[row] >= cfg.merge_fit_z and (int(codes[row]), int(ev.other_code[row])) in merged:
@@ -520,8 +525,9 @@ def flag_embeddings(
                               "not_in_dataset": not elsewhere[row], "degree": int(g.degree[row]),
                               "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]]),
                               "group_size": int(group_size[row])}
-                     | ({"joined_group": {"best_to_group": _num(to_group[j]), "best_to_folder": _num(to_folder[j])}}
-                        if (j := joined_at.get(int(row))) is not None else {}))
+                     | ({"joined_group": {"best_to_group": _num(joined_best[row, 0]),
+                                          "best_to_folder": _num(joined_best[row, 1])}}
+                        if np.isfinite(joined_best[row, 0]) else {}))
             )
     for c in split_ids:
         flag_rows_list.append(

@@ -131,7 +131,6 @@ def knn(
     return sims, ids
 
 
-
 def indexed_neighbours(
     index: faiss.Index, vectors: np.ndarray, k: int, *, nprobe: int | None = None, chunk: int = 65_536
 ) -> tuple[np.ndarray, np.ndarray]:
