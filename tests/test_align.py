@@ -5,6 +5,8 @@ The check that a crop is right is independent of the code that made it: the *oth
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from embeddings.align import (
     warp,
 )
 from embeddings.detectors import Detection, DetectorError, choose_central, make_detector
+from embeddings.embedders import make_embedder
 from labels.imagefile import read_rgb
 
 
@@ -173,6 +176,36 @@ def test_small_face_is_found_by_upsampling(lfw_photos, dlib_detector):
     assert result.method == "detected"
     full_size = align(read_rgb(lfw_photos[2]), dlib_detector).landmarks
     np.testing.assert_allclose(result.landmarks / 60 * 150, full_size, atol=4.0)
+
+
+def _centre_in_middle_third(box, shape) -> bool:
+    x0, y0, x1, y1 = box
+    return abs((x0 + x1) / 2 - shape[1] / 2) <= shape[1] / 6 and abs((y0 + y1) / 2 - shape[0] / 2) <= shape[0] / 6
+
+
+@pytest.mark.parametrize("photo, bystander", [("Condoleezza_Rice/Condoleezza_Rice_0005.jpg", "Colin_Powell"),
+                                               ("Laura_Bush/Laura_Bush_0032.jpg", "George_W_Bush")])
+def test_a_central_face_hog_misses_at_scale_one_is_found_upsampled(photo, bystander, lfw_dir, dlib_detector):
+    """HOG alone sees only the big bystander at the photo's edge; the subject in the middle, smaller, is found by
+    upsampling, and the crop shows the labelled person: it is closer to the other photos of the folder than to the
+    bystander's (dlib's embedder on dlib's chips, an independent check of who is in the crop)."""
+    rgb = read_rgb(lfw_dir / photo)
+    at_scale_one = dlib_detector._hog(rgb, 0)
+    assert at_scale_one and not any(
+        _centre_in_middle_third((r.left(), r.top(), r.right(), r.bottom()), rgb.shape) for r in at_scale_one)
+    embedder = make_embedder("dlib")
+    result = align(rgb, dlib_detector, geometry=embedder.geometry)
+    assert result.method == "detected" and _centre_in_middle_third(result.box, rgb.shape)
+
+    def centroid(folder: Path) -> np.ndarray:
+        chips = [align(read_rgb(p), dlib_detector, geometry=embedder.geometry).crop
+                 for p in sorted(folder.glob("*.jpg"))[:6] if p.name != Path(photo).name]
+        mean = embedder.embed(np.stack([c for c in chips if c is not None]))[0].mean(0)
+        return mean / np.linalg.norm(mean)
+
+    unit = embedder.embed(result.crop[None])[0][0]
+    own, other = unit @ centroid(lfw_dir / Path(photo).parent), unit @ centroid(lfw_dir / bystander)
+    assert own > other, (own, other)
 
 
 def test_huge_photo_gives_the_same_crop(lfw_photos, dlib_detector):
