@@ -355,8 +355,8 @@ def clean_dataset(
         weak = np.zeros(len(images), bool)
         weak[readable] = np.array(result.method) == "center_crop"
         if weak.any():
-            messages.append(f"{int(weak.sum())} face-crop photo(s) where no face was found: {WEAK}; flagged "
-                            "weak_alignment")
+            messages.append(f"{int(weak.sum())} face-crop photo(s) where no face was found, or only a bystander's "
+                            f"off-centre one: {WEAK}; flagged weak_alignment")
         return _flag_and_write(
             store, work, images, emb, list(status), config=config or FlagConfig(), device=device, progress=progress,
             report_extra={

@@ -75,7 +75,10 @@ DLIB_CHIP = CropGeometry("dlibfacechip", 150, _as_points(DLIB_CHIP_POINTS), dlib
 
 # Bump when anything here changes the pixels of every crop: it is part of the crop cache key. A change to one
 # geometry's crops renames that geometry instead (its name is in the key too), so the other caches stay valid.
-ALIGN_VERSION = 1
+# Detected crops are at 2 (an off-centre face in a face-crop photo gives way to the centre crop, `embeddings.photo`);
+# pre-aligned ones, which no detector touches, at 1.
+ALIGN_VERSION = 2
+PRE_ALIGNED_VERSION = 1
 
 # A face whose eyes are closer than this (in source pixels) has too little detail to be worth embedding.
 MIN_EYE_DISTANCE = 6.0
@@ -93,7 +96,8 @@ class AlignResult:
     box: the chosen face's box (x0, y0, x1, y1) in the source photo (None without a detection).
     method: "detected" | "center_crop" | "pre-aligned" | "" (no crop).
     problem: None when a face was detected or the photo was pre-aligned; else "no_face: <reason>" or
-      "bad_size: <reason>" (kept on a centre-crop fallback too, so that a reviewer knows the crop is a guess).
+      "bad_size: <reason>" (kept on a centre-crop fallback too, so that a reviewer knows the crop is a guess); the
+      pass adds "off_centre: ..." to a detected face outside the middle third of its photo (`embeddings.photo`).
     """
 
     crop: np.ndarray | None
@@ -108,7 +112,7 @@ def align_id(detector: str | None, aligned: bool = False, geometry: CropGeometry
     The ArcFace geometry adds nothing (the ids of crops cached before geometries existed stay valid)."""
     shape = "" if geometry == ARCFACE else f"-{geometry.name}{geometry.size}"
     if aligned:
-        return f"prealigned{shape}-v{ALIGN_VERSION}"
+        return f"prealigned{shape}-v{PRE_ALIGNED_VERSION}"
     return f"{detector_id(detector or 'dlib')}{shape}-v{ALIGN_VERSION}"
 
 

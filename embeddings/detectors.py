@@ -109,11 +109,15 @@ def five_from_68(p68: np.ndarray) -> np.ndarray:
 DLIB_SEARCH_VERSION = 2  # which scales DlibDetector searches (2: upsampled also when no face is central)
 
 
-def _any_central(rects, shape: tuple[int, ...]) -> bool:
-    """Whether any of dlib's rectangles has its centre in the middle third of the image (both ways)."""
+def in_middle_third(box, shape: tuple[int, ...]) -> bool:
+    """Whether a face box (x0, y0, x1, y1) has its centre in the middle third of an image of `shape` (H, W, ...),
+    both ways: where a photo's subject is, whatever else is in it."""
     h, w = shape[:2]
-    return any(abs((r.left() + r.right()) / 2 - w / 2) <= w / 6 and abs((r.top() + r.bottom()) / 2 - h / 2) <= h / 6
-               for r in rects)
+    return abs((box[0] + box[2]) / 2 - w / 2) <= w / 6 and abs((box[1] + box[3]) / 2 - h / 2) <= h / 6
+
+
+def _any_central(rects, shape: tuple[int, ...]) -> bool:
+    return any(in_middle_third((r.left(), r.top(), r.right(), r.bottom()), shape) for r in rects)
 
 
 @dataclass

@@ -16,13 +16,18 @@ import torch
 
 from embeddings.align import ARCFACE, AlignResult, CropGeometry, align, center_crop
 from embeddings.cache import METHOD_CODES, alignment_dtype, crop_path, encode_problem, read_crop, write_crop
-from embeddings.detectors import Detector, DlibDetector, make_detector
+from embeddings.detectors import Detector, DlibDetector, in_middle_third, make_detector
 from labels.imagefile import ImageError, read_rgb
 
 # Task modes: what a photo needs in this pass.
 MODE_FROM_CACHE = 0  # read the cached crop (re-align if it is missing or damaged)
 MODE_ALIGN = 1  # decode and align
 MODE_FALLBACK = 2  # known to have no face: decode and take the centre crop (`PhotoAligner.face_points`)
+
+# The problem recorded for a detected face outside the middle third of its photo. In face-crop photos (LFW style) the
+# labelled person is the central face, so such a face is a bystander's and the pass takes the centre crop instead
+# (`embeddings.pipeline`); elsewhere the face is kept. Until the pass knows which, the crop waits, not embedded.
+OFF_CENTRE = "off_centre: the face found sits outside the middle third of the photo"
 
 # The status of a photo whose alignment raised: "no_face: alignment failed (TypeName: message)". Not cached (the next
 # run retries it), and counted by type by the pass, which stops when one type covers most photos.
@@ -58,6 +63,8 @@ class PhotoAligner:
     Call it with (path, content key, mode) -> (crop or None, new alignment record or None, error status or None).
     face_points: for MODE_FALLBACK, where faces sit in this dataset's photos (5 (x, y) fractions of the width and
     height, `embeddings.align.face_crop_points`). geometry: the crop the embedder takes (part of `align_id`).
+    defer_off_centre: a detected face outside the middle third (OFF_CENTRE) is recorded and its crop written, but not
+    handed over to be embedded (the pass decides later whether the photos are face crops).
     """
 
     detector: str
@@ -66,6 +73,7 @@ class PhotoAligner:
     align_id: str
     face_points: tuple | None = None
     geometry: CropGeometry = ARCFACE
+    defer_off_centre: bool = True
 
     def __call__(self, path: str, key: str, mode: int) -> tuple[np.ndarray | None, np.void | None, str | None]:
         target = crop_path(self.cache_dir, self.align_id, key)
@@ -88,11 +96,14 @@ class PhotoAligner:
                                      method="center_crop")
             else:
                 result = align(rgb, detector, aligned=self.aligned, geometry=self.geometry)
+                if result.method == "detected" and not in_middle_third(result.box, rgb.shape):
+                    result.problem = OFF_CENTRE
             if result.crop is not None:
                 write_crop(target, result.crop)
         except Exception as exc:  # a bug or a freak image must cost this photo only, never the batch
             return None, None, f"{ALIGN_FAILED} ({type(exc).__name__}: {exc})"
-        return result.crop, _record(alignment_dtype(), key, result), None
+        wait = self.defer_off_centre and result.problem == OFF_CENTRE
+        return None if wait else result.crop, _record(alignment_dtype(), key, result), None
 
 
 def failure_type(status: str) -> str | None:

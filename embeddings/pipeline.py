@@ -9,8 +9,9 @@ alignment, and a run resumed after SIGKILL only compute what is missing; (3) nev
 unreadable file or a photo without a face gets a status, the rest of its batch is embedded.
 
 Statuses: "ok", "unreadable: <reason>", "no_face: <reason>", "bad_size: <reason>" (--aligned mode). Methods: "detected",
-"center_crop" (no detector found the face of a face-crop photo: embedded from where faces sit in the dataset's other
-photos, a weak alignment; see `EmbedOptions.face_crops`), "pre-aligned", or "" when there is no crop.
+"center_crop" (no detector found the face of a face-crop photo, or found only a face outside the middle third of it, a
+bystander's: embedded from where faces sit in the dataset's other photos, a weak alignment; see
+`EmbedOptions.face_crops`), "pre-aligned", or "" when there is no crop.
 
 Example:
     >>> embedder = make_embedder("dlib")
@@ -53,6 +54,7 @@ from embeddings.photo import (
     MODE_ALIGN,
     MODE_FALLBACK,
     MODE_FROM_CACHE,
+    OFF_CENTRE,
     PhotoAligner,
     failure_type,
     get_detector,
@@ -260,14 +262,21 @@ class _Pass:
         return [default if u is None else values[u] for u in self.rows]
 
 
+def _off_centre(records: np.ndarray) -> np.ndarray:
+    """Per record: a detected face outside the middle third of its photo, not yet replaced by a centre crop."""
+    return (records["method"] == METHOD_CODES.index("detected")) & (records["problem"] == OFF_CENTRE.encode())
+
+
 def _plan(records: np.ndarray, found: np.ndarray, done: np.ndarray, fallback: bool) -> np.ndarray:
-    """Worker mode per unique key (255 = nothing to do). `done`: the result this run wants already exists."""
+    """Worker mode per unique key (255 = nothing to do in the first round). `done`: the result this run wants already
+    exists. An off-centre face waits for the pass's verdict on face crops (see `_run`)."""
     modes = np.full(len(found), 255, np.uint8)
+    off_centre = _off_centre(records)
     for u in range(len(found)):
         if not found[u]:
             modes[u] = MODE_ALIGN
         elif _status(records[u], fallback)[0] == "ok":
-            if not done[u]:
+            if not done[u] and not off_centre[u]:
                 modes[u] = MODE_FROM_CACHE
         elif fallback and records[u]["problem"].startswith(b"no_face") and records[u]["method"] == 0:
             modes[u] = MODE_FALLBACK
@@ -319,7 +328,7 @@ _FACE_SAMPLE = 256  # detected faces whose photo sizes are read to learn where f
 def _face_points(records: np.ndarray, paths: Sequence[Path], face_crops: str) -> np.ndarray | None:
     """`embeddings.align.face_crop_points` over up to 256 detected faces spread evenly over the pass (their photos'
     sizes read from the file headers): the same photos give the same points, whatever the engine or worker count."""
-    detected = np.flatnonzero(records["method"] == METHOD_CODES.index("detected"))
+    detected = np.flatnonzero((records["method"] == METHOD_CODES.index("detected")) & ~_off_centre(records))
     sample = detected[np.unique(np.linspace(0, len(detected) - 1, min(len(detected), _FACE_SAMPLE)).astype(int))]
     relative = []
     for u in sample if len(detected) else ():
@@ -444,16 +453,25 @@ def _run(
     try:
         run_round(np.flatnonzero((modes != 255) & (modes != MODE_FALLBACK)),
                   aligner, "aligning + embedding" if estore is not None else "aligning")
-        if fallback:  # photos where no detector found a face, known from a past run or found just now
+        # Face-crop photos whose face was not found, or was found only off-centre (a bystander's), known from a
+        # past run or found just now, are embedded from where faces sit in the others; off-centre faces in photos
+        # that are not face crops are embedded as detected.
+        off_centre = _off_centre(records) & ~done
+        off_centre[list(errors_now)] = False
+        points = None
+        if fallback:
             missing = (records["method"] == 0) & np.char.startswith(records["problem"], b"no_face")
             missing[list(errors_now)] = False
-            modes[missing & ~done] = MODE_FALLBACK
-            todo = np.flatnonzero(missing & ~done)
+            todo = np.flatnonzero((missing | off_centre) & ~done)
             points = _face_points(records, upaths, options.face_crops) if len(todo) else None
             if points is not None:
+                modes[todo] = MODE_FALLBACK
                 out.face_points = points
                 run_round(todo, replace(aligner, face_points=tuple(map(tuple, points.tolist()))),
                           "centre-crop fallback")
+        if points is None and off_centre.any():
+            modes[off_centre] = MODE_FROM_CACHE
+            run_round(np.flatnonzero(off_centre), replace(aligner, defer_off_centre=False), "off-centre faces")
     finally:  # also on Ctrl-C or an embedder error: what was computed is kept for the next run
         astore.close()
         if estore is not None:

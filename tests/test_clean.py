@@ -259,7 +259,7 @@ def test_a_face_crop_photo_without_a_face_is_embedded_and_flagged_weak_alignment
     work = tmp_path / "work"
     assert clean.main([str(data), "--workdir", str(work), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "1 face-crop photo(s) where no face was found" in out
+    assert "1 face-crop photo(s) where no face was found, or only a bystander's off-centre one" in out
     with LabelStore.open(work) as store:
         flags = store.flags(status="open")
     weak = flags[flags.kind == "weak_alignment"]

@@ -22,7 +22,7 @@ import pytest
 
 from embeddings.align import FACE_CROP_POINTS, align, align_id, center_crop
 from embeddings.cache import ShardStore, alignment_dtype, crop_path, embedding_dtype
-from embeddings.detectors import DetectorError, make_detector
+from embeddings.detectors import DetectorError, in_middle_third, make_detector
 from embeddings.embedders import make_embedder
 from embeddings.options import EmbedOptions
 from embeddings.pipeline import CropDataset, PassFailure, align_images, embed_images, embedding_cache_id
@@ -189,6 +189,34 @@ def test_centre_crop_fallback_reuses_the_no_face_verdict(lfw_photos, odd_files, 
     again = embed_images(paths, onnx_embedder, cache_dir=cache,
                          options=EmbedOptions(workers=0, progress=False, face_crops="no"))
     assert again.status == plain.status and np.isnan(again.embeddings[1]).all() and again.aligned_now == 0
+
+
+def test_an_off_centre_face_is_a_bystander_in_face_crops_and_kept_elsewhere(lfw_dir, lfw_photos, onnx_embedder,
+                                                                            tmp_path):
+    """In Tung_Chee-hwa_0001 dlib finds only the man at the photo's left edge, never Tung in the middle. LFW photos are
+    face crops, whose labelled person is the central face: the pass takes the centre crop (weak alignment), and that
+    crop is closer to Tung's other photos than the detected face is (an independent check of who is in it). Told the
+    photos are not face crops, it embeds the detected face exactly as align() makes it. Reruns recompute nothing."""
+    tung = sorted((lfw_dir / "Tung_Chee-hwa").glob("*.jpg"))
+    paths = [tung[0], *lfw_photos]  # 25 photos: enough faces for "auto" to tell they are face crops
+    options = dict(workers=1, progress=False)
+    crops = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "a", options=EmbedOptions(**options))
+    assert crops.status[0] == "ok" and crops.method[0] == "center_crop" and set(crops.method[1:]) == {"detected"}
+    assert crops.embedded_now == len(paths)
+    detector = make_detector("dlib")
+    detected = align(read_rgb(tung[0]), detector)
+    assert not in_middle_third(detected.box, read_rgb(tung[0]).shape)
+    mates = _one_by_one(tung[1:], onnx_embedder, detector).mean(0)
+    by_detection = onnx_embedder.embed(detected.crop[None])[0][0]
+    assert crops.embeddings[0] @ mates > by_detection @ mates + 0.1, (crops.embeddings[0] @ mates, by_detection @ mates)
+
+    kept = embed_images(paths, onnx_embedder, cache_dir=tmp_path / "b", options=EmbedOptions(face_crops="no", **options))
+    assert kept.status[0] == "ok" and kept.method[0] == "detected" and kept.embedded_now == len(paths)
+    np.testing.assert_allclose(kept.embeddings[0], by_detection, atol=2e-3)
+    for cache, face_crops in (("a", "auto"), ("b", "no")):
+        again = embed_images(paths, onnx_embedder, cache_dir=tmp_path / cache,
+                             options=EmbedOptions(face_crops=face_crops, **options))
+        assert (again.aligned_now, again.embedded_now) == (0, 0) and again.method == (crops if cache == "a" else kept).method
 
 
 def test_a_second_detector_looks_where_the_first_finds_no_face(lfw_photos, odd_files, onnx_embedder, models_dir,
