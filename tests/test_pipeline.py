@@ -304,10 +304,11 @@ def test_resume_after_sigkill_recomputes_only_what_is_missing(lfw_dir, models_di
     spec = f"onnx:{models_dir / 'mobilefacenet.onnx'}"
     proc = subprocess.Popen([sys.executable, str(script), str(listing), spec, str(cache)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    shards = cache / "embeddings"
+    aid = align_id("dlib")
+    folder = cache / "embeddings" / embedding_cache_id(onnx_embedder.id, aid)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(shards.glob("*/shard-*.npy"))) >= 2:
+        if len(list(folder.glob("shard-*.npy"))) >= 2:
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -317,13 +318,11 @@ def test_resume_after_sigkill_recomputes_only_what_is_missing(lfw_dir, models_di
         pytest.fail("a DataLoader worker outlived the killed pass")
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
 
-    aid = align_id("dlib")
-    folder = cache / "embeddings" / embedding_cache_id(onnx_embedder.id, aid)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every shard the killed run left must read cleanly
         stored = len(ShardStore(folder, embedding_dtype(onnx_embedder.dim)))
         aligned = len(ShardStore(cache / "crops" / aid / "outcomes", alignment_dtype()))
-    assert 0 < stored < len(paths), "the pass was not killed mid-way"
+    assert 0 < stored < len(paths), ("the pass was not killed mid-way", sorted(p.name for p in cache.rglob("*.npy")))
 
     resumed = embed_images(paths, onnx_embedder, cache_dir=cache,
                            options=EmbedOptions(batch_size=8, workers=1, progress=False))
