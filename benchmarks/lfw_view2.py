@@ -7,7 +7,7 @@ accuracy +- standard deviation in the paper's form (and the standard error), the
 `curation.scoring.metrics`), and how many pairs used a fallback.
 
 Aligning and embedding the 7,701 photos with dlib and flip fusion took 743 s on this project's 2-core machine when
-quiet (1,168 s beside other work; 99.18% +- 0.38, EER 0.80%); the caches under `--cache` are reused (content-keyed),
+quiet (1,186 s beside other work; 99.18% +- 0.34, EER 0.77%); the caches under `--cache` are reused (content-keyed),
 so a second run with the same model only scores. Flip fusion (each crop with its mirror image) is on by default, as in `curation.evaluate`; `--no-flip`
 embeds the same crops once (a second embedding cache).
 
