@@ -41,7 +41,7 @@ from curation.review.simulate import SimulatedReview, simulate_review
 from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.options import ENGINES, EmbedOptions
 from labels.cli import UserError, command_parser, run_command
-from labels.store import LabelStore, NewFlag, usable_identity_names
+from labels.store import LabelStore, usable_identity_names
 
 SOURCE = "clean"
 WEAK = "embedded from where faces sit in the dataset's other photos (a weak alignment)"
@@ -146,6 +146,46 @@ def fill_store_from_index(store: LabelStore, index: pd.DataFrame, root: Path) ->
 
 
 # ---- shared: flag what the store holds, write every output --------------------------------------------------------
+def _twin_by_path(details: dict, paths: np.ndarray) -> dict:
+    """A duplicate's details with its twin named by path (the store's rows outlive this run's row numbers)."""
+    out = {k: v for k, v in details.items() if k != "duplicate_of_row"}
+    out["duplicate_of"] = paths[details["duplicate_of_row"]]
+    return out
+
+
+def _flag_columns(
+    flags: pd.DataFrame, images: pd.DataFrame, paths: np.ndarray, status: np.ndarray, weak: np.ndarray | None
+) -> dict[str, list]:
+    """The store's flag columns (`LabelStore.replace_flag_columns`): the flagging's flags with rows turned into paths,
+    then a flag per photo that could not be embedded (unreadable, no face) and per weakly aligned photo."""
+    rows = flags.row.to_numpy(np.int64)
+    details = [_twin_by_path(d, paths) if "duplicate_of_row" in d else d for d in flags.details]
+    columns = {
+        "kind": flags.flag.tolist(),
+        "identity": [str(x) for x in flags.identity],
+        "image_path": np.where(rows >= 0, paths[np.maximum(rows, 0)], None).tolist(),
+        "suggested_identity": [None if pd.isna(x) else str(x) for x in flags.suggested_identity],
+        "component": flags.component.tolist(),
+        "score": flags.score.tolist(),
+        "details": details,
+    }
+    extra: list[tuple[str, int, str]] = []  # (kind, row, reason)
+    for i in np.flatnonzero(status != "ok"):
+        s = str(status[i])
+        if s.startswith("unreadable_at_ingest"):
+            continue  # ingest flagged it already (source 'ingest')
+        kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
+        if kind:
+            extra.append((kind, i, s))
+    extra += [("weak_alignment", i, WEAK) for i in np.flatnonzero(weak if weak is not None else [])]
+    for kind, i, reason in extra:
+        for name, value in (("kind", kind), ("identity", str(images.identity.iat[i])), ("image_path", paths[i]),
+                            ("suggested_identity", None), ("component", None), ("score", None),
+                            ("details", {"reason": reason})):
+            columns[name].append(value)
+    return columns
+
+
 def _flag_and_write(
     store: LabelStore,
     work: Path,
@@ -183,25 +223,7 @@ def _flag_and_write(
             filling.result()  # raises what the fill raised
             timings["store_wait"] = round(time.perf_counter() - t0, 3)
         paths = images.path.to_numpy(dtype=object)
-        new_flags: list[NewFlag] = []
-        for f in res.flags.itertuples(index=False):
-            image = paths[f.row] if f.row >= 0 else None
-            details = dict(f.details)
-            if "duplicate_of_row" in details:
-                details["duplicate_of"] = paths[details.pop("duplicate_of_row")]
-            comp = None if pd.isna(f.component) else int(f.component)
-            sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
-            new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
-        for i in np.flatnonzero(~valid):
-            s = str(status_arr[i])
-            if s.startswith("unreadable_at_ingest"):
-                continue  # ingest flagged it already (source 'ingest')
-            kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
-            if kind:
-                new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
-        for i in np.flatnonzero(weak if weak is not None else []):
-            new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
-        store.replace_flags(SOURCE, new_flags)
+        store.replace_flag_columns(SOURCE, _flag_columns(res.flags, images, paths, status_arr, weak))
         flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
 
         emb_row = np.full(len(images), -1, np.int64)
