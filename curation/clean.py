@@ -487,7 +487,7 @@ def _parser() -> argparse.ArgumentParser:
                    " their own level (1), for a merge flag")
     g.add_argument("--faiss-index", metavar="FACTORY",
                    help="faiss index_factory string for the identity centroids, e.g. IVF4000,SQ8 or HNSW32 "
-                   "(default: chosen by size: Flat, IVF, IVF+SQ8)")
+                   "(default: chosen by size: Flat, IVF over float16 rows, IVF+SQ8)")
     g.add_argument("--chunk-rows", type=int, default=FlagConfig.chunk_rows, metavar="N",
                    help="photos per chunk of identities in the graph stage: bounds memory, does not change results "
                    "(default: %(default)s)")
