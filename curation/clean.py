@@ -41,7 +41,7 @@ from curation.review.simulate import SimulatedReview, simulate_review
 from curation.workfolder import WorkFolder, write_embeddings, write_flags, write_nodes, write_report
 from embeddings.options import ENGINES, EmbedOptions
 from labels.cli import UserError, command_parser, run_command
-from labels.store import LabelStore, NewFlag, usable_identity_names
+from labels.store import LabelStore, usable_identity_names
 
 SOURCE = "clean"
 WEAK = "embedded from where faces sit in the dataset's other photos (a weak alignment)"
@@ -78,6 +78,36 @@ def _truthy(value: str) -> bool | None:
     return None
 
 
+_INDEX_PROBLEMS = {  # load_index's reasons to skip a row, by code
+    1: "empty or unsafe image path (absolute, or with ..)",
+    2: "is_fake is not 0/1/true/false",
+    3: "identity is empty or not a usable folder name",
+    4: "the same image path again (the first row is used)",
+}
+
+
+def _read_index_csv(path: Path) -> pd.DataFrame:
+    """INDEX.csv as text columns ("" for empty fields).
+
+    pyarrow's reader first (ten million rows in under a second, the C parser takes six); it reads a well-formed file
+    exactly as the C parser does but refuses ragged rows, blank lines of spaces and bytes that are not UTF-8, so those
+    files go to the C parser, which reads them as before (short rows filled with "") or raises its own error.
+    """
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow")
+    except (ImportError, OSError, ValueError):
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _repeated(values: pd.Series) -> np.ndarray:
+    """values.duplicated() (every appearance after the first) from the factorized codes, which number the distinct
+    values in order of first appearance: a row repeats one when its code is not above every code before it."""
+    codes, _ = pd.factorize(values, use_na_sentinel=False)
+    repeated = np.zeros(len(codes), bool)
+    repeated[1:] = codes[1:] <= np.maximum.accumulate(codes)[:-1]
+    return repeated
+
+
 def load_index(emb_path: str | Path, index_path: str | Path) -> tuple[np.ndarray, pd.DataFrame, list[str]]:
     """Read EMB.npy (memory-mapped) and INDEX.csv and check they describe each other row for row.
 
@@ -95,7 +125,7 @@ def load_index(emb_path: str | Path, index_path: str | Path) -> tuple[np.ndarray
     if emb.dtype not in (np.float16, np.float32):
         emb = np.asarray(emb, dtype=np.float32)
     try:
-        idx = pd.read_csv(index_path, dtype=str, keep_default_na=False)
+        idx = _read_index_csv(index_path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise UserError(f"{index_path}: not a readable CSV ({exc})") from exc
     missing = [c for c in ("image", "identity") if c not in idx.columns]
@@ -110,18 +140,17 @@ def load_index(emb_path: str | Path, index_path: str | Path) -> tuple[np.ndarray
         )
     messages = []
     fake = idx["is_fake"].map(_truthy) if "is_fake" in idx.columns else pd.Series(False, index=idx.index)
-    images = idx["image"].str.strip().str.replace("\\", "/", regex=False)
-    # per row, the first problem found (none: ""), checked on whole columns (a million rows in a second)
+    images = idx["image"].str.strip()
+    if images.str.contains("\\", regex=False).any():
+        images = images.str.replace("\\", "/", regex=False)
+    # per row, the first problem found (0: none), checked on whole columns (a million rows in a second)
     unsafe = (images == "") | images.str.startswith("/") | images.str.contains(r"(?:^|/)\.\.(?:/|$)|^[^/]*:")
     reason = np.select(
-        [unsafe.to_numpy(bool), fake.isna().to_numpy(bool), ~usable_identity_names(idx["identity"])],
-        ["empty or unsafe image path (absolute, or with ..)", "is_fake is not 0/1/true/false",
-         "identity is empty or not a usable folder name"],
-        "",
-    ).astype(object)
-    ok = reason == ""
-    dup = (images.duplicated() & pd.Series(ok)).to_numpy(bool)
-    reason[dup] = "the same image path again (the first row is used)"
+        [unsafe.to_numpy(bool), fake.isna().to_numpy(bool), ~usable_identity_names(idx["identity"])], [1, 2, 3], 0
+    )
+    ok = reason == 0
+    dup = _repeated(images) & ok
+    reason[dup] = 4
     ok &= ~dup
     bad_rows = np.flatnonzero(~ok)
     # messages in the order the problems first appear, repeated paths last (they are only known after the others)
@@ -129,7 +158,7 @@ def load_index(emb_path: str | Path, index_path: str | Path) -> tuple[np.ndarray
     for kind in kinds:
         rows = bad_rows[reason[bad_rows] == kind]
         shown = ", ".join(str(r + 2) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
-        messages.append(f"{index_path}: {len(rows)} row(s) skipped, {kind} (CSV lines {shown})")
+        messages.append(f"{index_path}: {len(rows)} row(s) skipped, {_INDEX_PROBLEMS[kind]} (CSV lines {shown})")
     out = pd.DataFrame(
         {"image": images, "identity": idx["identity"].str.strip(), "is_fake": fake.fillna(False).astype(bool), "ok": ok}
     )
@@ -146,12 +175,52 @@ def fill_store_from_index(store: LabelStore, index: pd.DataFrame, root: Path) ->
 
 
 # ---- shared: flag what the store holds, write every output --------------------------------------------------------
+def _twin_by_path(details: dict, paths: np.ndarray) -> dict:
+    """A duplicate's details with its twin named by path (the store's rows outlive this run's row numbers)."""
+    out = {k: v for k, v in details.items() if k != "duplicate_of_row"}
+    out["duplicate_of"] = paths[details["duplicate_of_row"]]
+    return out
+
+
+def _flag_columns(
+    flags: pd.DataFrame, images: pd.DataFrame, paths: np.ndarray, status: np.ndarray, weak: np.ndarray | None
+) -> dict[str, list]:
+    """The store's flag columns (`LabelStore.replace_flag_columns`): the flagging's flags with rows turned into paths,
+    then a flag per photo that could not be embedded (unreadable, no face) and per weakly aligned photo."""
+    rows = flags.row.to_numpy(np.int64)
+    details = [_twin_by_path(d, paths) if "duplicate_of_row" in d else d for d in flags.details]
+    columns = {
+        "kind": flags.flag.tolist(),
+        "identity": [str(x) for x in flags.identity],
+        "image_path": np.where(rows >= 0, paths[np.maximum(rows, 0)], None).tolist(),
+        "suggested_identity": [None if pd.isna(x) else str(x) for x in flags.suggested_identity],
+        "component": flags.component.tolist(),
+        "score": flags.score.tolist(),
+        "details": details,
+    }
+    extra: list[tuple[str, int, str]] = []  # (kind, row, reason)
+    for i in np.flatnonzero(status != "ok"):
+        s = str(status[i])
+        if s.startswith("unreadable_at_ingest"):
+            continue  # ingest flagged it already (source 'ingest')
+        kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
+        if kind:
+            extra.append((kind, i, s))
+    extra += [("weak_alignment", i, WEAK) for i in np.flatnonzero(weak if weak is not None else [])]
+    for kind, i, reason in extra:
+        for name, value in (("kind", kind), ("identity", str(images.identity.iat[i])), ("image_path", paths[i]),
+                            ("suggested_identity", None), ("component", None), ("score", None),
+                            ("details", {"reason": reason})):
+            columns[name].append(value)
+    return columns
+
+
 def _flag_and_write(
     store: LabelStore,
     work: Path,
     images: pd.DataFrame,
     emb: np.ndarray,
-    status: list[str],
+    status: Sequence[str],
     *,
     config: FlagConfig,
     device: str,
@@ -183,25 +252,7 @@ def _flag_and_write(
             filling.result()  # raises what the fill raised
             timings["store_wait"] = round(time.perf_counter() - t0, 3)
         paths = images.path.to_numpy(dtype=object)
-        new_flags: list[NewFlag] = []
-        for f in res.flags.itertuples(index=False):
-            image = paths[f.row] if f.row >= 0 else None
-            details = dict(f.details)
-            if "duplicate_of_row" in details:
-                details["duplicate_of"] = paths[details.pop("duplicate_of_row")]
-            comp = None if pd.isna(f.component) else int(f.component)
-            sugg = None if f.suggested_identity is None or pd.isna(f.suggested_identity) else str(f.suggested_identity)
-            new_flags.append(NewFlag(f.flag, str(f.identity), image, sugg, comp, f.score, details))
-        for i in np.flatnonzero(~valid):
-            s = str(status_arr[i])
-            if s.startswith("unreadable_at_ingest"):
-                continue  # ingest flagged it already (source 'ingest')
-            kind = {"unreadable": "unreadable", "no_face": "no_face", "bad_size": "no_face"}.get(s.split(":")[0])
-            if kind:
-                new_flags.append(NewFlag(kind, str(images.identity.iat[i]), paths[i], details={"reason": s}))
-        for i in np.flatnonzero(weak if weak is not None else []):
-            new_flags.append(NewFlag("weak_alignment", str(images.identity.iat[i]), paths[i], details={"reason": WEAK}))
-        store.replace_flags(SOURCE, new_flags)
+        store.replace_flag_columns(SOURCE, _flag_columns(res.flags, images, paths, status_arr, weak))
         flags_df = write_flags(folder, store)  # every open flag of the store, ingest's included
 
         emb_row = np.full(len(images), -1, np.int64)
@@ -294,7 +345,8 @@ def clean_embeddings(
             finite[s : s + step] = np.isfinite(sub[s : s + step]).all(1)
         if not finite.all():
             messages.append(f"{int((~finite).sum())} embedding row(s) hold NaN or inf: left out of the graphs")
-        status = np.where(finite, "ok", "invalid: the embedding holds NaN or inf").tolist()
+        status = np.full(len(sub), "ok", dtype=object)  # not np.where: that builds N x 40 characters (1.6 GB at 10M)
+        status[~finite] = "invalid: the embedding holds NaN or inf"
         timings["load"] = round(time.perf_counter() - t0, 3)
         return _flag_and_write(
             store, work, images, sub, status, config=config or FlagConfig(), device=device,
@@ -435,7 +487,7 @@ def _parser() -> argparse.ArgumentParser:
                    " their own level (1), for a merge flag")
     g.add_argument("--faiss-index", metavar="FACTORY",
                    help="faiss index_factory string for the identity centroids, e.g. IVF4000,SQ8 or HNSW32 "
-                   "(default: chosen by size: Flat, IVF, IVF+SQ8)")
+                   "(default: chosen by size: Flat, IVF over float16 rows, IVF+SQ8)")
     g.add_argument("--chunk-rows", type=int, default=FlagConfig.chunk_rows, metavar="N",
                    help="photos per chunk of identities in the graph stage: bounds memory, does not change results "
                    "(default: %(default)s)")

@@ -108,7 +108,9 @@ def write_flags(work: WorkFolder, store: LabelStore) -> pd.DataFrame:
     Read back from the store rather than handed over by a stage, so that flags.csv is always exactly what a reviewer
     has left to answer, whichever stages ran and in whatever order.
     """
-    flags = store.flags(status="open")
+    flags = store.flags(
+        status="open", columns=("image", "identity", "kind", "component", "suggested_identity", "score")
+    )
     table = pd.DataFrame(
         {
             "image": flags["image"].fillna("").astype(str),

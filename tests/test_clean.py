@@ -11,6 +11,7 @@ from PIL import Image
 from curation import clean
 from curation.flagging import demo
 from curation.flagging.noise import list_identities, synthetic_embeddings
+from labels.cli import UserError
 from labels.store import LabelStore
 
 
@@ -289,3 +290,23 @@ def test_load_index_skips_each_bad_row_once_for_its_first_problem(tmp_path):
     assert [m.split(", ")[0].split(": ")[1] for m in messages] == [f"{len(v)} row(s) skipped" for v in lines.values()]
     for m, shown in zip(messages, lines.values()):
         assert m.endswith(f"(CSV lines {', '.join(map(str, shown))})")
+
+
+def test_load_index_reads_ragged_and_odd_files_as_the_c_parser_does(tmp_path):
+    """pyarrow reads a well-formed index; what it refuses (a short row, a line of spaces, Latin-1 bytes) is read by the
+    C parser as before: the short row's identity is "" (skipped), the blank line is dropped, an undecodable file is
+    a UserError. Quoted commas and quotes, BOM and CRLF read the same either way."""
+    np.save(tmp_path / "e.npy", np.zeros((3, 4), np.float32))
+    well_formed = '\ufeffimage,identity\r\n"a/1,x.jpg",A\r\n"a/""q"".jpg",A\r\nb/1.jpg,007\r\n'
+    ragged = "image,identity\na/1.jpg,A\n   \na/2.jpg\nb/1.jpg,B\n"
+    for name, text in (("well", well_formed), ("ragged", ragged)):
+        (tmp_path / f"{name}.csv").write_text(text, encoding="utf-8")
+        _, index, messages = clean.load_index(tmp_path / "e.npy", tmp_path / f"{name}.csv")
+        c_parser = pd.read_csv(tmp_path / f"{name}.csv", dtype=str, keep_default_na=False)
+        assert index.image.tolist() == c_parser.image.str.strip().tolist()
+        assert index.identity.tolist() == c_parser.identity.tolist()
+    assert index.ok.tolist() == [True, False, True] and "identity is empty" in messages[0]
+    assert clean.load_index(tmp_path / "e.npy", tmp_path / "well.csv")[1].identity.tolist() == ["A", "A", "007"]
+    (tmp_path / "latin.csv").write_bytes("image,identity\nb/é.jpg,B\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not a readable CSV"):
+        clean.load_index(tmp_path / "e.npy", tmp_path / "latin.csv")

@@ -18,7 +18,7 @@ def _brute(x, q, k):
 def test_plan_index_by_size():
     assert plan_index(1000) == "Flat"
     assert plan_index(10_000) == "Flat"
-    assert plan_index(1_000_000) == "IVF4000,Flat"
+    assert plan_index(1_000_000) == "IVF4000,SQfp16"
     assert plan_index(20_000).startswith("IVF")
     assert plan_index(10_000_000).endswith(",SQ8")
 
@@ -34,7 +34,7 @@ def test_exact_index_equals_brute_force():
     np.testing.assert_allclose(sims, ref_s, atol=1e-5)
 
 
-@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQ8"])
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQfp16", "IVF64,SQ8"])
 def test_approximate_indexes_find_the_true_neighbour(factory):
     emb, given, truth = synthetic_embeddings(3000, 4, 64, moved=0.0, seed=1)
     x = emb.astype(np.float32)
@@ -86,7 +86,7 @@ def test_float16_queries_are_widened_chunk_by_chunk():
     assert (a[1][:, 0] == b[1][:, 0]).mean() > 0.99 and np.array_equal(b[1], c[1])
 
 
-@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQ8", "Flat"])
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQfp16", "IVF64,SQ8", "Flat"])
 def test_indexed_neighbours_are_faiss_own_results_bit_for_bit(factory):
     """indexed_neighbours searches an IVF index's own rows list by list (for the cache): every row's neighbours and
     cosines are still exactly what faiss's own search returns for the rows in their order."""

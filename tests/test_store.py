@@ -10,6 +10,7 @@ import random
 import sqlite3
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -219,6 +220,41 @@ def test_replace_flags_keeps_answered_flags_and_does_not_double_reopened_ones(st
     assert store.history(limit=10)[-1].id == keep
     with pytest.raises(StoreError, match="never ingested"):
         store.replace_flags("clean", [NewFlag("outlier", "A", "A/nope.jpg")])
+
+
+def test_flag_columns_write_what_flag_objects_write(tmp_path, store):
+    """replace_flag_columns (arrays, NA and NaN for empty fields, as a clean hands them over) stores the same rows as
+    replace_flags with the equal NewFlags, into a fresh store and into one where a flag was answered (not raised again);
+    an unknown path is refused; flags(columns=...) reads only those columns."""
+    flags = [
+        NewFlag("outlier", "A", "A/1.jpg", "B", 0, 0.75, {"z": -3.5, "nearest": {"b": None, "a": [1, 2]}}),
+        NewFlag("minority", "A", "A/2.jpg", None, 2, 0.6, {}),
+        NewFlag("merge", "C", None, "A", None, 0.5, {"n_main": [4, 4]}),
+        NewFlag("duplicate", "B", "B/0.jpg", "B", 0, None, {"duplicate_of": "B/1.jpg"}),
+    ]
+    columns = {
+        "kind": np.array([f.kind for f in flags], dtype=object),
+        "identity": [f.identity for f in flags],
+        "image_path": np.array([f.image_path for f in flags], dtype=object),
+        "suggested_identity": pd.Series(["B", np.nan, "A", "B"]).to_numpy(dtype=object),
+        "component": pd.array([0, 2, pd.NA, 0], dtype="Int64"),
+        "score": np.array([0.75, 0.6, 0.5, np.nan]),
+        "details": [f.details for f in flags],
+    }
+    (a1,) = _ids(store, "A/1.jpg")
+    with LabelStore.open(tmp_path / "columns") as fresh:
+        fresh.add_images(_found())
+        assert store.replace_flags("clean", flags) == fresh.replace_flag_columns("clean", columns) == 4
+        assert store.flags().drop(columns="created").equals(fresh.flags().drop(columns="created"))
+        store.decide("keep", reviewer="ana", image_ids=[a1])
+        fresh.decide("keep", reviewer="ana", image_ids=[a1])
+        assert store.replace_flags("clean", flags) == fresh.replace_flag_columns("clean", columns) == 3
+        assert store.flags().drop(columns="created").equals(fresh.flags().drop(columns="created"))
+        assert fresh.flags(columns=["image", "score"]).columns.tolist() == ["image", "score"]
+        with pytest.raises(StoreError, match="never ingested"):
+            fresh.replace_flag_columns("clean", {**columns, "image_path": ["A/1.jpg", "A/nope.jpg", None, "B/0.jpg"]})
+        with pytest.raises(ValueError, match="lack details"):
+            fresh.replace_flag_columns("clean", {k: v for k, v in columns.items() if k != "details"})
 
 
 def test_reingest_through_add_images_keeps_decided_labels(store):

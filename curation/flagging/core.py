@@ -36,6 +36,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -256,6 +257,61 @@ def _num(x) -> float | None:
 def _few(names, limit: int = 5) -> str:
     names = [str(x) for x in names]
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+FLAG_COLUMNS = ["row", "identity", "flag", "component", "suggested_identity", "score", "details"]
+
+
+def _finite_rounded(x: np.ndarray) -> list:
+    """`_num` of every value, as a list (one pass instead of a call per flag and field)."""
+    return [round(v, 4) if math.isfinite(v) else None for v in np.asarray(x, np.float64).tolist()]
+
+
+def _mislabel_flags(ev, g, codes, names, outlier, minority, merged, merge_fit_z, elsewhere, suggested, shown, prob,
+                    z_there, nearest_best, n_main, group_size, joined_best, n_codes) -> dict[str, list]:
+    """The outlier and minority flags (in that order, each by row) as columns of FLAG_COLUMNS, with their details;
+    sets `suggested` for their rows. Column by column: at ten million photos there are half a million of them."""
+    rows = np.concatenate([np.flatnonzero(outlier), np.flatnonzero(minority)])
+    kinds = np.repeat(np.array(["outlier", "minority"], dtype=object), [int(outlier.sum()), int(minority.sum())])
+    other = ev.other_code[rows]
+    if merged:  # it fits its folder and looks like the folder's merge partner: the merge flag covers it
+        pairs = np.array(sorted(merged), np.int64)
+        covered = (ev.z[rows] >= merge_fit_z) & np.isin(
+            _group_key(codes[rows], other, n_codes), _group_key(pairs[:, 0], pairs[:, 1], n_codes)
+        )
+        rows, kinds, other = rows[~covered], kinds[~covered], other[~covered]
+    sugg = np.where(elsewhere[rows], names[other], None)
+    suggested[rows] = sugg
+    nearest = np.where(other >= 0, names[other], None)
+    fields = {
+        "own_cosine": _finite_rounded(ev.own[rows]), "z": _finite_rounded(ev.z[rows]),
+        "nearest_identity": nearest.tolist(), "nearest_cosine": _finite_rounded(ev.other[rows]),
+        "z_nearest": _finite_rounded(z_there[rows]), "nearest_best_photo": _finite_rounded(nearest_best[rows]),
+        "not_in_dataset": (~elsewhere[rows]).tolist(), "degree": g.degree[rows].astype(np.int64).tolist(),
+        "mean_to_main": _finite_rounded(g.sim_to_main[rows]), "n_main": n_main[codes[rows]].astype(np.int64).tolist(),
+        "group_size": group_size[rows].astype(np.int64).tolist(),
+    }
+    details = [dict(zip(fields, values)) for values in zip(*fields.values())]
+    for i in np.flatnonzero(np.isfinite(joined_best[rows, 0])):
+        details[i]["joined_group"] = {"best_to_group": _num(joined_best[rows[i], 0]),
+                                      "best_to_folder": _num(joined_best[rows[i], 1])}
+    return {
+        "row": rows.tolist(), "identity": names[codes[rows]].tolist(), "flag": kinds.tolist(),
+        "component": shown[rows].astype(np.int64).tolist(), "suggested_identity": sugg.tolist(),
+        "score": prob[rows].astype(np.float64).tolist(), "details": details,
+    }
+
+
+def _row_flags(n: int, rows: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """Per input row, its flag kinds joined by commas in flag order ("" for none)."""
+    out = np.full(n, "", dtype=object)
+    photo = rows >= 0
+    rows, kinds = rows[photo], kinds[photo]
+    once = np.bincount(rows, minlength=n)[rows] == 1
+    out[rows[once]] = kinds[once]
+    for row, kind in zip(rows[~once].tolist(), kinds[~once].tolist()):  # the few photos with two flags
+        out[row] = f"{out[row]},{kind}" if out[row] else kind
+    return out
 
 
 def flag_embeddings(
@@ -508,27 +564,11 @@ def flag_embeddings(
     t0 = time.perf_counter()
 
     # ---- assemble -----------------------------------------------------------------------------------------------
-    for kind, rows in (("outlier", np.flatnonzero(outlier)), ("minority", np.flatnonzero(minority))):
-        for row in rows:
-            if ev.z[row] >= cfg.merge_fit_z and (int(codes[row]), int(ev.other_code[row])) in merged:
-                continue  # it fits its folder and looks like the folder's merge partner: the merge flag covers it
-            other = int(ev.other_code[row])
-            sugg = names[other] if elsewhere[row] else None
-            suggested[row] = sugg
-            flag_rows_list.append(
-                dict(row=int(row), identity=names[codes[row]], flag=kind, component=int(shown[row]),
-                     suggested_identity=sugg, score=float(prob[row]),
-                     details={"own_cosine": _num(ev.own[row]), "z": _num(ev.z[row]),
-                              "nearest_identity": names[other] if other >= 0 else None,
-                              "nearest_cosine": _num(ev.other[row]), "z_nearest": _num(z_there[row]),
-                              "nearest_best_photo": _num(nearest_best[row]),
-                              "not_in_dataset": not elsewhere[row], "degree": int(g.degree[row]),
-                              "mean_to_main": _num(g.sim_to_main[row]), "n_main": int(n_main[codes[row]]),
-                              "group_size": int(group_size[row])}
-                     | ({"joined_group": {"best_to_group": _num(joined_best[row, 0]),
-                                          "best_to_folder": _num(joined_best[row, 1])}}
-                        if np.isfinite(joined_best[row, 0]) else {}))
-            )
+    mislabel_rows = _mislabel_flags(
+        ev, g, codes, names, outlier, minority, merged, cfg.merge_fit_z, elsewhere, suggested, shown, prob, z_there,
+        nearest_best, n_main, group_size, joined_best, k_ids,
+    )
+    n_before = len(flag_rows_list)  # duplicates and merges come before the mislabel flags, splits and fakes after
     for c in split_ids:
         flag_rows_list.append(
             dict(row=-1, identity=names[c], flag="split", component=1, suggested_identity=None,
@@ -539,15 +579,16 @@ def flag_embeddings(
             dict(row=int(row), identity=names[codes[row]], flag="fake_mismatch", component=None, suggested_identity=None,
                  score=float(g.best_to_main[row]), details={})
         )
-    columns = ["row", "identity", "flag", "component", "suggested_identity", "score", "details"]
-    flags = pd.DataFrame(flag_rows_list, columns=columns)
+    flags = pd.DataFrame(
+        {
+            c: [r[c] for r in flag_rows_list[:n_before]] + mislabel_rows[c] + [r[c] for r in flag_rows_list[n_before:]]
+            for c in FLAG_COLUMNS
+        },
+        columns=FLAG_COLUMNS,
+    )
     flags["row"] = flags["row"].astype(np.int64)
     flags["component"] = flags["component"].astype("Int64")
-
-    row_flags = np.full(n, "", dtype=object)
-    for row, kind in zip(flags.row.to_numpy(), flags.flag.to_numpy()):
-        if row >= 0:
-            row_flags[row] = f"{row_flags[row]},{kind}" if row_flags[row] else kind
+    row_flags = _row_flags(n, flags.row.to_numpy(), flags.flag.to_numpy(dtype=object))
     nodes = pd.DataFrame(
         {
             "row": np.arange(n),

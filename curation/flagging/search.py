@@ -3,7 +3,8 @@
 Why faiss: comparing every identity with every other one is quadratic (10^10 cosines of 512 numbers for 100,000
 identities). Below `EXACT_MAX` rows an exact inner-product index (IndexFlatIP) is cheap enough and gives the true
 neighbours; above it an inverted-file index (IVF, ~4 * sqrt(n) lists, `nprobe` of them scanned per query) trades a little
-recall for a ~100x smaller scan; above `SQ8_MIN` rows the vectors are also stored as 8-bit scalars (4x less memory).
+recall for a ~100x smaller scan, with its rows stored as float16 (`SQfp16`: half the bytes to scan; see below); above
+`SQ8_MIN` rows as 8-bit scalars (4x less memory than float32).
 What cleaning searches are identity centroids (one per identity), so ten million photos mean ~1,000,000 indexed rows.
 
 Why IVF and not HNSW by default: cleaning runs one big batch of queries (every centroid, every flagged photo) and then
@@ -19,6 +20,14 @@ more bytes per row of graph links, and faiss has no GPU HNSW; IVF runs on the GP
 one factory string away (`factory="HNSW32"`, or `FlagConfig.faiss_index`), with efSearch set from `nprobe` (see
 `set_search_effort`). IVF+SQ8 scans 4x fewer bytes, which is what the batch search is bound by on a CPU: at a million
 centroids `FlagConfig(faiss_index="IVF4000,SQ8")` halves the search time for the same recall.
+
+Why float16 rows by default: the batch searches of a clean are bound by the bytes they scan, and a centroid's cosines
+need no more than float16's 11 bits (the embeddings themselves usually come as float16). Measured on the whole
+`clean --embeddings` (`benchmarks/bench_flagging.py --photos 1000000 --full`, 100,020 centroids of 512 numbers, the two
+kinds alternating, twice, on 2 cores shared with other work): IVF1265,Flat 105.0 / 59.3 s, IVF1265,SQfp16 71.5 / 49.1 s
+(evidence stage 60.0 / 28.8 -> 40.6 / 21.8 s); flags.csv kept every flag and suggestion, 10 of its 49,994 rows differ
+in P(wrong) from the 4th decimal on (precision, recall and suggestions scored the same). IVF1265,SQ8 was slower here
+(194.7 s, one loaded run) and changed a suggestion. `--faiss-index IVF1265,Flat` (any factory string) keeps float32 rows.
 
 On a CUDA machine (`use_gpu`) the index moves to the GPU, and with several GPUs it is sharded across them (each GPU
 holds 1/n of the rows and searches its part for every query), so the centroid index is bounded by the sum of the GPUs'
@@ -43,11 +52,11 @@ HNSW_EF_PER_PROBE = 4  # efSearch = this x nprobe (64 at the default): the same 
 
 
 def plan_index(n: int, *, exact_max: int = EXACT_MAX, sq8_min: int = SQ8_MIN) -> str:
-    """faiss index_factory string for n rows: 'Flat', 'IVF{nlist},Flat' or 'IVF{nlist},SQ8'."""
+    """faiss index_factory string for n rows: 'Flat', 'IVF{nlist},SQfp16' or 'IVF{nlist},SQ8'."""
     if n <= exact_max:
         return "Flat"
     nlist = int(min(65536, n // 39, max(16, 4 * math.sqrt(n))))  # faiss wants >= 39 training rows per list
-    return f"IVF{nlist},{'SQ8' if n >= sq8_min else 'Flat'}"
+    return f"IVF{nlist},{'SQ8' if n >= sq8_min else 'SQfp16'}"
 
 
 def to_gpus(index: faiss.Index) -> faiss.Index:
