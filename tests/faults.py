@@ -9,7 +9,7 @@ command is the real command (`MODULE.main(ARGS)`, what `python -m MODULE ARGS` r
 a test can land it inside a transaction or between two writes, which a timer would almost never hit.
 
 Example:
-    python -m tests.faults 'labels.store:LabelStore.replace_flags@2:after' -- curation.clean DATA --workdir WORK
+    python -m tests.faults 'labels.store:LabelStore.replace_flag_columns@2:after' -- curation.clean DATA --workdir WORK
 """
 from __future__ import annotations
 

@@ -135,12 +135,12 @@ def test_clean_killed_at_every_stage_reruns_to_the_same_outputs(noisy_set, tmp_p
     killed(kill_when=lambda: sum(p.stat().st_mtime_ns > started for p in crops.rglob("*.png")) >= 3)
     on_disk = _embeddings_on_disk(work)
     # 4. inside the transaction that replaces the clean's flags: the rerun embeds exactly what was not on disk
-    text = killed("labels.store:LabelStore.replace_flags@2:inside")
+    text = killed("labels.store:_insert_flags@2:inside")
     assert _embedded_now(text) == total - on_disk
     with LabelStore.open(work) as store:
         assert "clean" not in set(store.flags().source)  # rolled back as a whole
     # 5. after the store has the clean's flags, before flags.csv: nothing is embedded again
-    text = killed("labels.store:LabelStore.replace_flags@2:after")
+    text = killed("labels.store:LabelStore.replace_flag_columns@2:after")
     assert _embedded_now(text) == 0
     # 6. while writing clean/nodes.parquet (its temporary written, not yet renamed): flags.csv is already the same
     killed("pandas:DataFrame.to_parquet@1:after")
