@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from curation.flagging.noise import synthetic_embeddings
-from curation.flagging.search import DEFAULT_NPROBE, build_index, indexed_neighbours, knn, plan_index, to_gpus
+from curation.flagging.search import (
+    DEFAULT_NPROBE, build_index, indexed_neighbours, knn, plan_index, to_gpus, train_index,
+)
 
 
 def _brute(x, q, k):
@@ -84,6 +86,29 @@ def test_float16_queries_are_widened_chunk_by_chunk():
     b = knn(index, x[:1000].astype(np.float16).astype(np.float32), 3)
     c = knn(index, x[:1000].astype(np.float16), 3, chunk=100)
     assert (a[1][:, 0] == b[1][:, 0]).mean() > 0.99 and np.array_equal(b[1], c[1])
+
+
+@pytest.mark.parametrize("factory", ["IVF64,SQfp16", "Flat", "HNSW32"])
+def test_an_index_filled_from_a_trained_one_keeps_its_lists_and_finds_the_true_neighbours(factory):
+    """A clean indexes the core centroids, then the main-component centroids of the same identities, with the first
+    index's training: the copy must be the index training would have made (same lists, same results), stay usable for
+    other rows of the same kind, and leave the trained index empty for further copies."""
+    x, centres = _centres()
+    trained = train_index(centres, factory=factory)
+    own = build_index(centres, factory=factory, nprobe=8)  # trains itself, with the same seed
+    copy = build_index(centres, nprobe=8, trained=trained)
+    assert trained.ntotal == 0 and copy.ntotal == len(centres) and type(copy) is type(own)
+    if factory.startswith("IVF"):
+        lists = [faiss.extract_index_ivf(i).quantizer for i in (own, copy)]
+        assert np.array_equal(*(q.reconstruct_n(0, q.ntotal) for q in lists))
+    assert all(np.array_equal(a, b) for a, b in zip(knn(own, x[:500], 3), knn(copy, x[:500], 3)))
+    # rows near, not equal to, the training rows (another identity set's centroids): the true neighbour is found
+    rng = np.random.default_rng(3)
+    moved = centres + 0.05 * rng.standard_normal(centres.shape).astype(np.float32)
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    again = build_index(moved, nprobe=DEFAULT_NPROBE, trained=trained)
+    ids = knn(again, x[:2000], 1)[1]
+    assert np.mean(ids[:, 0] == _brute(moved, x[:2000], 1)[1][:, 0]) >= 0.95
 
 
 @pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQfp16", "IVF64,SQ8", "Flat"])

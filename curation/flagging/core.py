@@ -488,8 +488,11 @@ def flag_embeddings(
     index_kind = "none"
     merged: set[tuple[int, int]] = set()  # identity code pairs flagged merge (one person under two labels)
     if len(cent_codes) >= 2:
-        index_kind = cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max)
-        index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed)
+        # the lists of the evidence's index (centroids of the same identities' cores): no second k-means
+        index_kind = ev.index_kind if ev.trained_index is not None else (
+            cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max))
+        index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed,
+                            trained=ev.trained_index)
 
         # suggestions (and duplicate candidates) for flagged photos and single-photo identities
         query_rows = np.union1d(flagged_rows, np.flatnonzero(real & np.isin(codes, singles)))

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import torch
 
 from curation.flagging.calibrate import identity_sums, rowwise_dot
 from curation.flagging.graph import STREAM_BUDGET, gather, slice_rows
-from curation.flagging.search import build_index, indexed_neighbours, knn, plan_index
+from curation.flagging.search import build_index, indexed_neighbours, knn, plan_index, train_index
 
 CORE_FRACTION = 0.6  # share of an identity's photos its centroid is made of (robust to 40% contamination)
 SPREAD_PRIOR = 5.0  # weight, in photos, of the dataset's typical spread in each identity's spread
@@ -66,6 +67,9 @@ class Evidence:
     centroids: np.ndarray
     cent_codes: np.ndarray
     unit: float  # the dataset's typical spread (median over identities): the scale of "a little closer"
+    index_kind: str = "none"  # the faiss factory string of the centroid index ("none": fewer than two centroids)
+    trained_index: faiss.Index | None = None  # that index trained and empty: for indexes over other centroids of the
+    # same identities to copy (search.build_index(trained=)), with no k-means of their own
 
     def z_at(self, cosine: np.ndarray, code: np.ndarray) -> np.ndarray:
         """How a cosine to identity `code`'s centroid compares with that identity's own photos (NaN for code -1)."""
@@ -174,8 +178,9 @@ def photo_evidence(
     ev = Evidence(own, z, nan(), none(), nan(), none(), nan(), none(), core, level.astype(np.float32), spread.astype(np.float32), cent, cent_codes, typical)
     if len(cent_codes) < 2:
         return ev
-    index = build_index(cent, factory=factory or plan_index(len(cent_codes), exact_max=exact_max), nprobe=nprobe,
-                        use_gpu=use_gpu, seed=seed)
+    ev.index_kind = factory or plan_index(len(cent_codes), exact_max=exact_max)
+    ev.trained_index = train_index(cent, factory=ev.index_kind, seed=seed)
+    index = build_index(cent, nprobe=nprobe, use_gpu=use_gpu, trained=ev.trained_index)
     if len(rows) * len(cent_codes) <= QUERY_ALL_BUDGET:
         best_others(ev, emb, rows, codes, index, nprobe)
         return ev
