@@ -9,8 +9,10 @@ benchmark feeds it synthetic arrays):
    photo is flagged `outlier` (no edge in its graph) or `minority`, with the nearest other identity as suggestion or
    none ("not in this dataset"); flagged photos of one folder with the same nearest identity are one group;
 3. across identities, faiss over identity centroids (curation.flagging.search): the most likely true identity of every
-   outlier/minority photo (`suggested_identity`), identity pairs whose photos match like one person's -> `merge`, and
-   near-identical photos under two identities -> `duplicate`.
+   outlier/minority photo (`suggested_identity`), near-identical photos under two identities -> `duplicate`, and
+   identity pairs whose photos match like one person's -> `merge` (the candidates: each identity's nearest identities,
+   which the evidence searched for anyway). The index over main-component centroids copies the evidence index's
+   trained lists.
 
 Why duplicates are searched this way: a photo copied into a wrong identity is (a) an outlier or minority there, or
 (b) in an identity that is the same person as its twin's (a merge candidate). So the copies are found by comparing every
@@ -50,6 +52,7 @@ from curation.flagging.calibrate import (
     duplicate_threshold,
     hist_quantile,
     identity_sums,
+    rowwise_dot,
 )
 from curation.flagging.graph import (
     CHUNK_ROWS,
@@ -67,7 +70,7 @@ from curation.flagging.graph import (
 )
 from curation.flagging.evidence import photo_evidence
 from curation.flagging.mislabel import fit_model, outsider_features
-from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, indexed_neighbours, knn, plan_index
+from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
 from embeddings.device import pick_device
 from labels.cli import UserError
 
@@ -88,7 +91,7 @@ class FlagConfig:
     merge_ratio: float = 0.8  # (cross mean - impostor mean) / (own mean - impostor mean), see the merge step
     duplicate_threshold: float | None = None  # None = calibrated from the genuine median (curation.flagging.calibrate)
     suggest_k: int = 2  # nearest identities other than its own a flagged photo is searched for a duplicate in
-    merge_k: int = 5  # nearest identities checked per identity for merges
+    merge_k: int = 5  # nearest identities checked per identity for merges (at most evidence.NEIGHBOURS)
     nprobe: int = DEFAULT_NPROBE
     exact_max: int = EXACT_MAX
     faiss_index: str | None = None  # faiss index_factory string for the centroids, e.g. "HNSW32"; None = by size
@@ -522,22 +525,23 @@ def flag_embeddings(
                 )
 
         # merges: identities whose nearest centroids are close, confirmed on the photos themselves
-        km = min(cfg.merge_k + 1, len(cent_codes))
         timings["search_suggest"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        # a merge partner's centroid is nearly the identity's own, so it sits in the same or a neighbouring list
-        c_sims, c_ids = indexed_neighbours(index, cent, km, nprobe=max(1, cfg.nprobe // 4))
-        a = np.repeat(np.arange(len(cent_codes)), km)
-        b = c_ids.ravel()
-        keep = (b >= 0) & (b != a)
-        ca, cb = cent_codes[a[keep]], cent_codes[b[keep]]
+        # candidates: each identity's merge_k nearest identities by core centroid, from the evidence's search (no
+        # second search, and at the full nprobe: a search of its own at a quarter of it missed a split identity at 10M)
+        km = min(cfg.merge_k + 1, ev.neighbours.shape[1])
+        a, b = np.repeat(ev.cent_codes, km), ev.neighbours[:, :km].ravel()
+        row_of = np.full(k_ids, -1, np.int64)  # identity code -> its main centroid's row in `cent`
+        row_of[cent_codes] = np.arange(len(cent_codes))
+        keep = (b >= 0) & (b != a) & (row_of[a] >= 0) & (row_of[np.maximum(b, 0)] >= 0)
+        ca, cb = a[keep], b[keep]
         # One person under two labels: photos across the two labels are as alike as photos within each (ratio ~1).
         # Lookalikes (dlib's weak spot: it links many East Asian faces) can pass the edge threshold densely too, but
         # their cosines sit between the impostor mean and the identities' own level, so the ratio says it:
         # (cross mean - impostor mean) / (own mean - impostor mean). The mean cosine over all cross pairs is exactly
         # the dot product of the two identities' mean embeddings, so this test needs no photo at all; only the
         # pairs that pass it are compared photo by photo (edge density, duplicates).
-        cross_mean = c_sims.ravel()[keep] * mean_norm[ca] * mean_norm[cb]
+        cross_mean = rowwise_dot(cent, row_of[ca], cent, row_of[cb]) * mean_norm[ca] * mean_norm[cb]
         both = np.stack([own_mean[ca], own_mean[cb]])
         seen = np.isfinite(both).sum(0)  # 0: single photos on both sides, nothing to compare with
         own = np.where(seen > 0, np.nansum(both, 0) / np.maximum(seen, 1), cross_mean)

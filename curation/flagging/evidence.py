@@ -24,7 +24,7 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -67,6 +67,8 @@ class Evidence:
     centroids: np.ndarray
     cent_codes: np.ndarray
     unit: float  # the dataset's typical spread (median over identities): the scale of "a little closer"
+    neighbours: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.int64))  # int64 [Kc, m]: the codes of
+    # the m nearest identities of each centroid's identity by centroid, nearest first (itself among them; -1: none)
     index_kind: str = "none"  # the faiss factory string of the centroid index ("none": fewer than two centroids)
     trained_index: faiss.Index | None = None  # that index trained and empty: for indexes over other centroids of the
     # same identities to copy (search.build_index(trained=)), with no k-means of their own
@@ -181,13 +183,16 @@ def photo_evidence(
     ev.index_kind = factory or plan_index(len(cent_codes), exact_max=exact_max)
     ev.trained_index = train_index(cent, factory=ev.index_kind, seed=seed)
     index = build_index(cent, nprobe=nprobe, use_gpu=use_gpu, trained=ev.trained_index)
+    # the identities nearest each identity: where a lookalike's person is, and the merge candidates (core.py)
+    _, nb = indexed_neighbours(index, cent, min(NEIGHBOURS + 1, len(cent_codes)), nprobe=nprobe)
+    ev.neighbours = np.where(nb >= 0, cent_codes[np.maximum(nb, 0)], -1)
     if len(rows) * len(cent_codes) <= QUERY_ALL_BUDGET:
         best_others(ev, emb, rows, codes, index, nprobe)
         return ev
     # Past the budget, two cheaper paths: every photo that fits its folder less than usual is compared exactly with
     # the centroids of its folder's NEIGHBOURS nearest identities (where a lookalike's person is), and only the
     # clearly doubtful ones are searched among all identities (a random move's person is anywhere)
-    _neighbour_others(ev, emb, rows[z[rows] < NEIGHBOUR_Z], codes, index, nprobe)
+    _neighbour_others(ev, emb, rows[z[rows] < NEIGHBOUR_Z], codes)
     best_others(ev, emb, rows[z[rows] < DOUBT_Z], codes, index, nprobe)
     return ev
 
@@ -211,24 +216,23 @@ def _merge_top(ev: Evidence, part: np.ndarray, cos: np.ndarray, code: np.ndarray
         k[part] = np.where(np.isfinite(v), np.take_along_axis(sk, top[:, j : j + 1], 1)[:, 0], -1)
 
 
-def _neighbour_others(ev: Evidence, emb: np.ndarray, rows: np.ndarray, codes: np.ndarray, index, nprobe: int) -> None:
-    """Exact cosines of `rows` to the centroids of their identity's NEIGHBOURS nearest identities."""
+def _neighbour_others(ev: Evidence, emb: np.ndarray, rows: np.ndarray, codes: np.ndarray) -> None:
+    """Exact cosines of `rows` to the centroids of their identity's NEIGHBOURS nearest identities (ev.neighbours)."""
     if len(rows) == 0:
         return
-    m = min(NEIGHBOURS + 1, len(ev.cent_codes))
-    _, nb = indexed_neighbours(index, ev.centroids, m, nprobe=nprobe)
-    row_of = np.full(len(ev.level), -1, np.int64)
+    m = ev.neighbours.shape[1]
+    row_of = np.full(len(ev.level), -1, np.int64)  # identity code -> its centroid's row
     row_of[ev.cent_codes] = np.arange(len(ev.cent_codes))
     step = max(1, slice_rows(emb.shape[1], STREAM_BUDGET) // m)  # [step, m, D] candidates: small (graph.STREAM_BUDGET)
     cent = torch.from_numpy(ev.centroids)
     for s in range(0, len(rows), step):
         part = rows[s : s + step]
         own_c = row_of[codes[part]]
-        cand = np.where(own_c[:, None] >= 0, nb[np.maximum(own_c, 0)], -1)  # centroid rows, own among them
-        cand_code = np.where(cand >= 0, ev.cent_codes[np.maximum(cand, 0)], -1)
+        cand_code = np.where(own_c[:, None] >= 0, ev.neighbours[np.maximum(own_c, 0)], -1)  # own among them
         cand_code = np.where(cand_code == codes[part][:, None], -1, cand_code)
         x = gather(emb, part, torch.device("cpu"), torch.float32)
-        cos = torch.einsum("nd,nmd->nm", x, cent[torch.from_numpy(np.maximum(cand, 0))]).numpy()
+        cand = torch.from_numpy(np.maximum(row_of[np.maximum(cand_code, 0)], 0))
+        cos = torch.einsum("nd,nmd->nm", x, cent[cand]).numpy()
         _merge_top(ev, part, np.where(cand_code >= 0, cos, -np.inf), cand_code)
 
 
