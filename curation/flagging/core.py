@@ -10,9 +10,9 @@ benchmark feeds it synthetic arrays):
    none ("not in this dataset"); flagged photos of one folder with the same nearest identity are one group;
 3. across identities, faiss over identity centroids (curation.flagging.search): the most likely true identity of every
    outlier/minority photo (`suggested_identity`), near-identical photos under two identities -> `duplicate`, and
-   identity pairs whose photos match like one person's -> `merge` (the candidates: each identity's nearest identities,
-   which the evidence searched for anyway). The index over main-component centroids copies the evidence index's
-   trained lists.
+   identity pairs whose photos match like one person's -> `merge`. The candidates come from the evidence's own
+   searches (each identity's nearest identities, each doubtful photo's); only photos it did not judge (single-photo
+   identities') are searched again, among the main components' centroids, in an index with the evidence index's lists.
 
 Why duplicates are searched this way: a photo copied into a wrong identity is (a) an outlier or minority there, or
 (b) in an identity that is the same person as its twin's (a merge candidate). So the copies are found by comparing every
@@ -70,7 +70,7 @@ from curation.flagging.graph import (
 )
 from curation.flagging.evidence import photo_evidence
 from curation.flagging.mislabel import fit_model, outsider_features
-from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn, plan_index
+from curation.flagging.search import DEFAULT_NPROBE, EXACT_MAX, build_index, knn
 from embeddings.device import pick_device
 from labels.cli import UserError
 
@@ -90,7 +90,7 @@ class FlagConfig:
     merge_min_density: float | None = None  # None = half the median edge density inside identities
     merge_ratio: float = 0.8  # (cross mean - impostor mean) / (own mean - impostor mean), see the merge step
     duplicate_threshold: float | None = None  # None = calibrated from the genuine median (curation.flagging.calibrate)
-    suggest_k: int = 2  # nearest identities other than its own a flagged photo is searched for a duplicate in
+    suggest_k: int = 2  # nearest other identities (<= 3) a flagged photo is searched for a duplicate in
     merge_k: int = 5  # nearest identities checked per identity for merges (at most evidence.NEIGHBOURS)
     nprobe: int = DEFAULT_NPROBE
     exact_max: int = EXACT_MAX
@@ -488,24 +488,25 @@ def flag_embeddings(
     if merge_t is None:
         med = np.nanmedian(within) if np.isfinite(within).any() else 1.0
         merge_t = 0.5 * float(med)
-    index_kind = "none"
     merged: set[tuple[int, int]] = set()  # identity code pairs flagged merge (one person under two labels)
     if len(cent_codes) >= 2:
-        # the lists of the evidence's index (centroids of the same identities' cores): no second k-means
-        index_kind = ev.index_kind if ev.trained_index is not None else (
-            cfg.faiss_index or plan_index(len(cent_codes), exact_max=cfg.exact_max))
-        index = build_index(cent, factory=index_kind, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", seed=cfg.seed,
-                            trained=ev.trained_index)
-
-        # suggestions (and duplicate candidates) for flagged photos and single-photo identities
+        # suggestions (and duplicate candidates) for flagged photos and single-photo identities: the evidence's
+        # nearest other identities where it has them (nearly every flagged photo), a search for the rest
         query_rows = np.union1d(flagged_rows, np.flatnonzero(real & np.isin(codes, singles)))
         kq = min(cfg.suggest_k + 1, len(cent_codes))
         if len(query_rows):
-            s_sims, s_ids = np.empty((len(query_rows), kq), np.float32), np.empty((len(query_rows), kq), np.int64)
-            for s in range(0, len(query_rows), step):
-                qx = gather(emb, query_rows[s : s + step], torch.device("cpu"), torch.float32).numpy()
-                s_sims[s : s + step], s_ids[s : s + step] = knn(index, qx, kq, nprobe=cfg.nprobe)
-            s_codes = np.where(s_ids >= 0, cent_codes[np.maximum(s_ids, 0)], -1)
+            s_codes = np.full((len(query_rows), kq), -1, np.int64)
+            near = np.stack([ev.other_code, ev.second_code, ev.third_code], 1)[query_rows, : cfg.suggest_k]
+            s_codes[:, : near.shape[1]] = near
+            ask = np.flatnonzero(s_codes[:, 0] < 0)
+            if len(ask):  # over the main components' centroids, with the evidence index's lists: no second k-means
+                # (every identity with a main component has a core centroid, so that index exists)
+                index = build_index(cent, nprobe=cfg.nprobe, use_gpu=dev.type == "cuda", trained=ev.trained_index)
+            for s in range(0, len(ask), step):
+                part = ask[s : s + step]
+                qx = gather(emb, query_rows[part], torch.device("cpu"), torch.float32).numpy()
+                ids = knn(index, qx, kq, nprobe=cfg.nprobe)[1]
+                s_codes[part] = np.where(ids >= 0, cent_codes[np.maximum(ids, 0)], -1)
             suggested[query_rows] = np.where(s_codes[:, 0] >= 0, names[np.maximum(s_codes[:, 0], 0)], None)
             # duplicates: each query photo vs the main photos of its nearest identities other than its own
             pair_q = np.repeat(np.arange(len(query_rows)), kq)
@@ -651,7 +652,7 @@ def flag_embeddings(
         "mislabel": model.to_dict() | {"value": cfg.flag_probability, "flag_probability": cfg.flag_probability,
                                         "method": "P(wrong identity) from curation.flagging.mislabel",
 },
-        "index": {"kind": index_kind, "rows": int(len(cent_codes)), "nprobe": cfg.nprobe},
+        "index": {"kind": ev.index_kind, "rows": int(len(ev.cent_codes)), "nprobe": cfg.nprobe},
         "config": asdict(cfg),
     }
     timings["assemble"] = time.perf_counter() - t0
