@@ -489,6 +489,7 @@ def flag_embeddings(
         med = np.nanmedian(within) if np.isfinite(within).any() else 1.0
         merge_t = 0.5 * float(med)
     merged: set[tuple[int, int]] = set()  # identity code pairs flagged merge (one person under two labels)
+    copies: set[int] = set()  # rows flagged duplicate of a photo in another identity
     if len(cent_codes) >= 2:
         # suggestions (and duplicate candidates) for flagged photos and single-photo identities: the evidence's
         # nearest other identities where it has them (nearly every flagged photo), a search for the rest
@@ -518,6 +519,7 @@ def flag_embeddings(
             hit = best >= dup_t
             dup = pd.DataFrame({"q": pair_q[hit], "c": pair_c[hit], "sim": best[hit], "twin": arg_r[hit]})
             dup = dup.sort_values("sim", ascending=False).drop_duplicates("q")
+            copies.update(query_rows[dup.q.to_numpy()].tolist())
             for r in dup.itertuples(index=False):
                 row = int(query_rows[r.q])
                 flag_rows_list.append(
@@ -561,8 +563,8 @@ def flag_embeddings(
                      details={"ratio": float(ratio[i]), "best_cosine": float(best[i]),
                               "n_main": [int(n_main[small]), int(n_main[big])]})
             )
-            if best[i] >= dup_t:
-                row = int(arg_l[i] if codes[arg_l[i]] == small else arg_r[i])
+            row = int(arg_l[i] if codes[arg_l[i]] == small else arg_r[i])
+            if best[i] >= dup_t and row not in copies:  # a single photo's copy may be found both ways: one flag
                 twin = int(arg_r[i] if row == arg_l[i] else arg_l[i])
                 flag_rows_list.append(
                     dict(row=row, identity=names[small], flag="duplicate", component=int(comp[row]),
