@@ -262,7 +262,8 @@ def test_near_copies_across_identities_are_flagged_duplicate_of_their_original(g
     """A near copy filed under another identity is found from the evidence's nearest identities (it is a doubtful
     photo there), and a near copy that is a single-photo identity's only photo by a search of its own (and again by
     the merge check of its identity and the original's): each is flagged once, naming the original's row and
-    identity, at the copy's exact cosine to it."""
+    identity, at the copy's exact cosine to it, and the original is not flagged (a one-photo identity's copy makes
+    the original look moved there, so both are searched)."""
     emb, ident = glint
     rng = np.random.default_rng(0)
     names = np.array(sorted(set(ident)), dtype=object)
@@ -284,3 +285,4 @@ def test_near_copies_across_identities_are_flagged_duplicate_of_their_original(g
         assert f.details["duplicate_of_row"] == original and f.suggested_identity == ident[original]
         assert f.score == pytest.approx(float(all_emb[row] @ emb[original]), abs=1e-4)
         assert f.score >= res.thresholds["duplicate"]["value"]
+        assert original not in set(dups.row)  # the original is not called a copy of its copy

@@ -519,6 +519,14 @@ def flag_embeddings(
             hit = best >= dup_t
             dup = pd.DataFrame({"q": pair_q[hit], "c": pair_c[hit], "sim": best[hit], "twin": arg_r[hit]})
             dup = dup.sort_values("sim", ascending=False).drop_duplicates("q")
+            # two query photos that are copies of each other: only the one in the smaller identity (the later row
+            # if the same size) is the copy; the other is its original
+            row_q, twin = query_rows[dup.q.to_numpy()], dup.twin.to_numpy()
+            found = set(zip(row_q.tolist(), twin.tolist()))
+            mutual = np.array([(int(t), int(r)) in found for r, t in zip(row_q, twin)], bool)
+            original = mutual & ((n_real[codes[row_q]] > n_real[codes[twin]])
+                                 | ((n_real[codes[row_q]] == n_real[codes[twin]]) & (row_q < twin)))
+            dup = dup[~original]
             copies.update(query_rows[dup.q.to_numpy()].tolist())
             for r in dup.itertuples(index=False):
                 row = int(query_rows[r.q])
