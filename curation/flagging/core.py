@@ -527,7 +527,7 @@ def flag_embeddings(
             original = mutual & ((n_real[codes[row_q]] > n_real[codes[twin]])
                                  | ((n_real[codes[row_q]] == n_real[codes[twin]]) & (row_q < twin)))
             dup = dup[~original]
-            copies.update(query_rows[dup.q.to_numpy()].tolist())
+            copies.update(row_q[~original].tolist())
             for r in dup.itertuples(index=False):
                 row = int(query_rows[r.q])
                 flag_rows_list.append(
